@@ -1,0 +1,1 @@
+"""The server: a pre-forking master and uvloop workers that share the listening sockets."""

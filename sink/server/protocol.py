@@ -1,0 +1,190 @@
+"""The per-connection adapter between uvloop and the sans-IO `Session`.
+
+Zero-copy receive: every connection of a worker reads into the worker's one receive buffer
+(`get_buffer` hands out a view of it, and uvloop calls `buffer_updated` before any other
+callback runs). The session consumes what it can and message octets go to the spool as slices of
+that buffer. The few octets it cannot consume yet (an unfinished command line of at most 512
+octets, or at most four octets of a possible end-of-data marker) are kept per connection as
+`carry` and copied to the front of the buffer before the next read.
+
+All replies produced by one read leave in one write. With `fsync = always`, the write waits
+until an fsync covers every message the read committed (see `GroupCommit` in the worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from sink.counters import Field
+from sink.smtp import Session, replies
+
+if TYPE_CHECKING:
+    from sink.server.worker import Worker
+
+log = logging.getLogger("sink.worker")
+
+_SESSIONS = int(Field.SESSIONS)
+_ACTIVE = int(Field.ACTIVE_SESSIONS)
+_REFUSED = int(Field.REFUSED_SESSIONS)
+
+INTERNAL_ERROR = b"421 4.3.0 Internal server error, closing connection\r\n"
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One client connection of a worker."""
+
+    __slots__ = ("worker", "transport", "session", "carry", "last_active", "held", "paused")
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.carry = b""
+        self.last_active = worker.tick
+        self.held: list[bytes] | None = None  # replies waiting for a group fsync
+        self.paused = False
+
+    # --- connection lifetime ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        worker = self.worker
+        self.transport = transport
+        if len(worker.connections) >= worker.config.max_sessions or not worker.accepting:
+            worker.counters[_REFUSED] += 1
+            transport.write(replies.TOO_MANY_SESSIONS if worker.accepting else replies.SHUTTING_DOWN)
+            transport.close()
+            return
+
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self.session = Session(
+            worker.policy,
+            worker.store,
+            client_address=peer[0],
+            client_port=peer[1],
+            worker=worker.index,
+            counters=worker.counters,
+        )
+        worker.connections.add(self)
+        worker.counters[_SESSIONS] += 1
+        worker.counters[_ACTIVE] += 1
+        transport.write(self.session.greeting())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        session = self.session
+        if session is None:
+            return
+        session.connection_lost()
+        self.session = None
+        self.worker.connections.discard(self)
+        self.worker.counters[_ACTIVE] -= 1
+
+    def eof_received(self) -> bool:
+        return False
+
+    # --- input ------------------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        carry = self.carry
+        if carry:
+            self.worker.buffer[: len(carry)] = carry
+            return self.worker.view[len(carry) :]
+        return self.worker.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        session = self.session
+        if session is None or session.closing:
+            return
+        worker = self.worker
+        end = len(self.carry) + nbytes
+        self.last_active = worker.tick
+        commits = worker.store_commits() if worker.group_commit is not None else 0
+        try:
+            consumed = session.receive(worker.buffer, worker.view, end)
+        except Exception:
+            worker.report_internal_error(session)
+            self._send(INTERNAL_ERROR)
+            session.connection_lost()
+            self._close()
+            return
+        self.carry = bytes(worker.buffer[consumed:end]) if consumed < end else b""
+
+        out = session.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if worker.group_commit is not None and worker.store_commits() != commits:
+                worker.group_commit.hold(self, data)
+            else:
+                self._send(data)
+        if session.closing and self.held is None:
+            self._close()
+        elif worker.stopping and not session.in_transaction:
+            self.shut_down()
+
+    # --- output -----------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        if self.held is not None:
+            self.held.append(data)
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def release(self, ok: bool) -> None:
+        """Send the replies held for a group fsync, or drop the connection if it failed."""
+        held = self.held
+        self.held = None
+        if not ok:
+            self._close(abort=True)
+            return
+        if held:
+            self._send(b"".join(held))
+        session = self.session
+        if session is None or session.closing:
+            self._close()
+
+    def pause_writing(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    # --- closing ----------------------------------------------------------------------------
+
+    def time_out(self) -> None:
+        """Close a connection that has been idle too long, with 421."""
+        if self.session is not None:
+            self.session.time_out()
+            self._flush_session_output()
+
+    def shut_down(self) -> None:
+        """Close with 421 because the worker is stopping."""
+        if self.session is not None and not self.session.closing:
+            self.session.shut_down()
+            self._flush_session_output()
+
+    def _flush_session_output(self) -> None:
+        session = self.session
+        if session is not None and session.out:
+            data = b"".join(session.out)
+            session.out.clear()
+            self._send(data)
+        if self.held is None:
+            self._close()
+
+    def _close(self, abort: bool = False) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if abort:
+            transport.abort()
+        else:
+            transport.close()
