@@ -29,44 +29,94 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = serve.add_argument
     add("--config", metavar="FILE", help="TOML file with the same option names")
-    add("--listen", action="append", metavar="HOST:PORT",
-        help="address to listen on, repeatable; [::1]:2525 for IPv6 (default 127.0.0.1:2525)")
+    add(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to listen on, repeatable; [::1]:2525 for IPv6 (default 127.0.0.1:2525)",
+    )
     add("--workers", type=int, metavar="N", help="worker processes (default: CPU count)")
-    add("--reuseport", action="store_true",
-        help="give each worker its own SO_REUSEPORT socket so the kernel balances connections")
+    add(
+        "--reuseport",
+        action="store_true",
+        help="give each worker its own SO_REUSEPORT socket so the kernel balances connections",
+    )
     add("--hostname", help="name in the greeting and EHLO reply (default: this host's name)")
-    add("--max-message-size", metavar="SIZE",
-        help="largest message accepted, e.g. 10MiB (default 64MiB)")
-    add("--max-recipients", type=int, metavar="N",
-        help="recipients per transaction before 452 (default 1000)")
-    add("--idle-timeout", metavar="DURATION",
-        help="close a session idle this long between commands (default 300s)")
-    add("--data-timeout", metavar="DURATION",
-        help="close a session idle this long inside a transaction (default 600s)")
-    add("--max-sessions", type=int, metavar="N",
-        help="open sessions per worker before new ones get 421 (default 10000)")
+    add(
+        "--max-message-size",
+        metavar="SIZE",
+        help="largest message accepted, e.g. 10MiB (default 64MiB)",
+    )
+    add(
+        "--max-recipients",
+        type=int,
+        metavar="N",
+        help="recipients per transaction before 452 (default 1000)",
+    )
+    add(
+        "--idle-timeout",
+        metavar="DURATION",
+        help="close a session idle this long between commands (default 300s)",
+    )
+    add(
+        "--data-timeout",
+        metavar="DURATION",
+        help="close a session idle this long inside a transaction (default 600s)",
+    )
+    add(
+        "--max-sessions",
+        type=int,
+        metavar="N",
+        help="open sessions per worker before new ones get 421 (default 10000)",
+    )
     add("--spool", metavar="DIR", help="spool directory (default ./spool)")
-    add("--no-spool", dest="spool", action="store_const", const=False,
-        help="accept messages and discard them")
+    add(
+        "--no-spool",
+        dest="spool",
+        action="store_const",
+        const=False,
+        help="accept messages and discard them",
+    )
     add("--segment-size", metavar="SIZE", help="rotate a segment at this size (default 256MiB)")
     add("--segment-age", metavar="DURATION", help="rotate a segment at this age (default 300s)")
-    add("--fsync", choices=FSYNC_POLICIES,
-        help="never; interval (background, default); always (reply after fsync, group commit)")
+    add(
+        "--fsync",
+        choices=FSYNC_POLICIES,
+        help="never; interval (background, default); always (reply after fsync, group commit)",
+    )
     add("--fsync-interval", metavar="DURATION", help="period of --fsync interval (default 1s)")
-    add("--line-endings", choices=LINE_ENDING_POLICIES,
-        help="strict refuses messages with a bare CR or LF (default lenient)")
+    add(
+        "--line-endings",
+        choices=LINE_ENDING_POLICIES,
+        help="strict refuses messages with a bare CR or LF (default lenient)",
+    )
     add("--require-helo", action="store_true", help="reply 503 to MAIL before HELO or EHLO")
-    add("--reject-rcpt", dest="reject_recipient", action="append", metavar="GLOB",
-        help="reply 550 5.1.1 to matching recipients, e.g. 'Green@*'; repeatable")
+    add(
+        "--reject-rcpt",
+        dest="reject_recipient",
+        action="append",
+        metavar="GLOB",
+        help="reply 550 5.1.1 to matching recipients, e.g. 'Green@*'; repeatable",
+    )
     add("--log-level", choices=LOG_LEVELS, help="default info")
     add("--log-format", choices=LOG_FORMATS, help="text or JSON lines (default text)")
-    add("--progress", action="store_true", dest="progress",
-        help="print a counter line every second (default: when standard output is a terminal)")
+    add(
+        "--progress",
+        action="store_true",
+        dest="progress",
+        help="print a counter line every second (default: when standard output is a terminal)",
+    )
     add("--no-progress", action="store_false", dest="progress", help="never print the counter")
-    add("--shutdown-grace", metavar="DURATION",
-        help="time transactions get to finish on SIGTERM (default 10s)")
-    add("--heartbeat-timeout", metavar="DURATION",
-        help="kill and replace a worker silent this long (default 30s)")
+    add(
+        "--shutdown-grace",
+        metavar="DURATION",
+        help="time transactions get to finish on SIGTERM (default 10s)",
+    )
+    add(
+        "--heartbeat-timeout",
+        metavar="DURATION",
+        help="kill and replace a worker silent this long (default 30s)",
+    )
 
     spool = commands.add_parser("spool", help="inspect a spool directory")
     spool_commands = spool.add_subparsers(dest="spool_command", required=True, metavar="COMMAND")

@@ -83,7 +83,9 @@ class Config:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{_option(name)} must be positive, got {getattr(self, name)}")
         if self.segment_size < 4096:
-            raise ConfigError(f"--segment-size must be at least 4096 bytes, got {self.segment_size}")
+            raise ConfigError(
+                f"--segment-size must be at least 4096 bytes, got {self.segment_size}"
+            )
         if not self.spool:
             self.spool = None
         if not self.listen:
@@ -109,7 +111,9 @@ def parse_duration(text: str | float) -> float:
     match = _QUANTITY.fullmatch(text)
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _DURATION_UNITS:
-        raise ConfigError(f"invalid duration {text!r}: use a number with an optional unit (ms, s, m, h)")
+        raise ConfigError(
+            f"invalid duration {text!r}: use a number with an optional unit (ms, s, m, h)"
+        )
     return float(match.group(1)) * _DURATION_UNITS[unit]
 
 

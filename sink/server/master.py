@@ -87,7 +87,11 @@ class Master:
         self.sockets = listeners.bind_all(addresses, self.config.workers, self.config.reuseport)
         self.slots = Slots(self.config.workers)
         if self.config.spool:
-            self._recover_spool()
+            try:
+                self._recover_spool()
+            except OSError as error:
+                log.critical("cannot use spool directory %s: %s", self.config.spool, error)
+                return EXIT_CONFIG
 
         bound = ", ".join(str(listeners.Address(*_host_port(s))) for s in self.sockets[0])
         spool = f"spool {os.path.abspath(self.config.spool)}" if self.config.spool else "no spool"
@@ -277,7 +281,9 @@ class Master:
             return
 
         if code == EXIT_BOOT_ERROR:
-            log.critical("worker %d could not start; stopping sink (see the error above)", worker.index)
+            log.critical(
+                "worker %d could not start; stopping sink (see the error above)", worker.index
+            )
             self._fail()
             return
         if not beat:

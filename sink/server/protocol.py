@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from sink.counters import Field
 from sink.smtp import Session, replies
@@ -49,12 +49,15 @@ class Connection(asyncio.BufferedProtocol):
     # --- connection lifetime ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         worker = self.worker
         self.transport = transport
         if len(worker.connections) >= worker.config.max_sessions or not worker.accepting:
             worker.counters[_REFUSED] += 1
-            transport.write(replies.TOO_MANY_SESSIONS if worker.accepting else replies.SHUTTING_DOWN)
+            transport.write(
+                replies.TOO_MANY_SESSIONS if worker.accepting else replies.SHUTTING_DOWN
+            )
             transport.close()
             return
 

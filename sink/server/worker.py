@@ -155,6 +155,7 @@ class Worker:
     async def _main(self) -> int:
         loop = self.loop
         self._stopped = asyncio.Event()
+        loop.set_exception_handler(self._loop_error)
         loop.add_signal_handler(signal.SIGTERM, self._begin_stop)
         loop.add_signal_handler(signal.SIGQUIT, self._begin_stop)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master turns Ctrl-C into SIGTERM
@@ -228,6 +229,17 @@ class Worker:
             self._sync_running = False
 
         future.add_done_callback(finished)
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Log an error that escaped a callback; the worker keeps serving."""
+        self._internal_errors += 1
+        if self._internal_errors <= 10:
+            log.error(
+                "worker %d: unhandled error in the event loop: %s",
+                self.index,
+                context.get("message"),
+                exc_info=context.get("exception"),
+            )
 
     def _guard(self, what: str, action: Callable[[], object]) -> None:
         try:

@@ -86,6 +86,17 @@ class Session:
         "_store_failed",
     )
 
+    reverse_path: Path | None
+    mail_parameters: dict[str, str | None]
+    forward_paths: list[tuple[Path, dict[str, str | None]]]
+    smtputf8: bool
+    chunked: bool
+    _txn: Transaction | None
+    _reader: DotReader | ChunkReader | None
+    _chunk_reply: bytes | None
+    _content_size: int
+    _store_failed: bool
+
     def __init__(
         self,
         policy: Policy,
@@ -155,7 +166,8 @@ class Session:
                     self._quirk(quirks.PIPELINING_AFTER_DATA)
 
         # A BDAT of zero octets ends without any more input.
-        if self.state is State.BDAT and self._reader is not None and self._reader.remaining == 0:
+        reader = self._reader
+        if self.state is State.BDAT and isinstance(reader, ChunkReader) and reader.remaining == 0:
             self._finish_chunk()
         return pos
 
@@ -519,14 +531,14 @@ class Session:
     # --- bookkeeping ------------------------------------------------------------------------
 
     def _reset_transaction(self) -> None:
-        self.reverse_path: Path | None = None
-        self.mail_parameters: dict[str, str | None] = {}
-        self.forward_paths: list[tuple[Path, dict[str, str | None]]] = []
+        self.reverse_path = None
+        self.mail_parameters = {}
+        self.forward_paths = []
         self.smtputf8 = False
         self.chunked = False
-        self._txn: Transaction | None = None
-        self._reader: DotReader | ChunkReader | None = None
-        self._chunk_reply: bytes | None = None
+        self._txn = None
+        self._reader = None
+        self._chunk_reply = None
         self._content_size = 0
         self._store_failed = False
 

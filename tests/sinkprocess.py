@@ -1,0 +1,114 @@
+"""Start a real `sink serve` process on a loopback port for tests, and stop it again."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+_LISTENING = re.compile(r"sink listening on (\S+?):(\d+)[ ,]")
+
+
+class SinkProcess:
+    """A `sink serve` child process whose standard error is collected line by line."""
+
+    def __init__(
+        self,
+        *options: str,
+        spool: Path | None,
+        workers: int = 2,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        command = [sys.executable, "-m", "sink", "serve", "--listen", "127.0.0.1:0"]
+        command += ["--workers", str(workers), "--no-progress", "--log-level", "debug"]
+        command += ["--spool", str(spool)] if spool is not None else ["--no-spool"]
+        command += list(options)
+        self.spool = spool
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec_fn,
+        )
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+        self.host = "127.0.0.1"
+        self.port = self._wait_for_port()
+        self.wait_for_workers(workers)
+
+    def _collect(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def _wait_for_port(self, timeout: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = _LISTENING.search(line)
+                if match:
+                    return int(match.group(2))
+            if self.process.poll() is not None:
+                self._reader.join(2)
+                pytest.fail(f"sink exited with {self.process.returncode}:\n{self.log}")
+            time.sleep(0.02)
+        self.kill()
+        pytest.fail(f"sink did not report its port within {timeout} s:\n{self.log}")
+
+    def worker_pids(self) -> list[int]:
+        """Return the PIDs of the master's live child processes."""
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def wait_for_workers(
+        self, count: int, exclude: set[int] = frozenset(), timeout: float = 20.0
+    ) -> list[int]:  # type: ignore[assignment]
+        """Wait until `count` workers that are not in `exclude` serve; return their PIDs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = [pid for pid in self.worker_pids() if pid not in exclude]
+            serving = sum(f"(pid {pid}) is serving" in self.log for pid in pids)
+            if len(pids) == count and serving == count:
+                return pids
+            time.sleep(0.02)
+        pytest.fail(f"{count} workers did not start within {timeout} s:\n{self.log}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Send SIGTERM and return the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            status = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"sink did not stop within {timeout} s after SIGTERM:\n{self.log}")
+        self._reader.join(5)
+        return status
+
+    def kill(self) -> None:
+        for pid in self.worker_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
