@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--require-helo", action="store_true", help="reply 503 to MAIL before HELO or EHLO")
     add(
         "--reject-rcpt",
-        dest="reject_recipient",
+        dest="reject_rcpt",
         action="append",
         metavar="GLOB",
         help="reply 550 5.1.1 to matching recipients, e.g. 'Green@*'; repeatable",

@@ -62,7 +62,7 @@ class Config:
     fsync_interval: float = 1.0
     line_endings: str = "lenient"
     require_helo: bool = False
-    reject_recipient: list[str] = field(default_factory=list)
+    reject_rcpt: list[str] = field(default_factory=list)
     log_level: str = "info"
     log_format: str = "text"
     progress: bool | None = None  # None: on when standard output is a terminal
@@ -166,7 +166,7 @@ def _convert(name: str, value: Any) -> Any:
     if converter is not None:
         return converter(value)
     expected = _FIELDS[name].type
-    if name in ("listen", "reject_recipient"):
+    if name in ("listen", "reject_rcpt"):
         if isinstance(value, str):
             return [value]
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):

@@ -26,24 +26,29 @@ class SinkProcess:
         spool: Path | None,
         workers: int = 2,
         preexec_fn: Callable[[], None] | None = None,
+        stdout: Path | None = None,
+        listen: str = "127.0.0.1:0",
     ) -> None:
-        command = [sys.executable, "-m", "sink", "serve", "--listen", "127.0.0.1:0"]
-        command += ["--workers", str(workers), "--no-progress", "--log-level", "debug"]
+        command = [sys.executable, "-m", "sink", "serve", "--listen", listen]
+        command += ["--workers", str(workers), "--log-level", "debug"]
+        if stdout is None:
+            command.append("--no-progress")
         command += ["--spool", str(spool)] if spool is not None else ["--no-spool"]
         command += list(options)
         self.spool = spool
         self.lines: list[str] = []
+        self._stdout = stdout.open("wb") if stdout is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=self._stdout,
             stderr=subprocess.PIPE,
             text=True,
             preexec_fn=preexec_fn,
         )
         self._reader = threading.Thread(target=self._collect, daemon=True)
         self._reader.start()
-        self.host = "127.0.0.1"
+        self.host = listen.rpartition(":")[0].strip("[]")
         self.port = self._wait_for_port()
         self.wait_for_workers(workers)
 
@@ -79,8 +84,8 @@ class SinkProcess:
             return []
 
     def wait_for_workers(
-        self, count: int, exclude: set[int] = frozenset(), timeout: float = 20.0
-    ) -> list[int]:  # type: ignore[assignment]
+        self, count: int, exclude: frozenset[int] | set[int] = frozenset(), timeout: float = 20.0
+    ) -> list[int]:
         """Wait until `count` workers that are not in `exclude` serve; return their PIDs."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

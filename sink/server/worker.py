@@ -87,7 +87,7 @@ class Worker:
             max_recipients=config.max_recipients,
             strict_line_endings=config.line_endings == "strict",
             require_helo=config.require_helo,
-            reject_recipients=config.reject_recipient,
+            reject_recipients=config.reject_rcpt,
         )
         self.store: Store = self._open_store()
         self.buffer = bytearray(RECEIVE_BUFFER)
@@ -173,6 +173,8 @@ class Worker:
         counters[Field.ACTIVE_SESSIONS] = 0
         counters[Field.ACCEPTING] = 1
         self._beat()
+        if self.config.fsync == "interval" and self.config.spool:
+            self.loop.call_later(self.config.fsync_interval, self._sync_periodically)
         log.debug("worker %d (pid %d) is serving", self.index, os.getpid())
 
         await self._stopped.wait()
@@ -188,12 +190,6 @@ class Worker:
         tick = getattr(self.store, "tick", None)
         if tick is not None:
             self._guard("rotate the spool", tick)
-        if (
-            self.config.fsync == "interval"
-            and self.config.spool
-            and self.tick % max(1, round(self.config.fsync_interval)) == 0
-        ):
-            self._sync_in_background()
         if not self.stopping or self.connections:
             self.loop.call_later(1.0, self._beat)
 
@@ -215,6 +211,11 @@ class Worker:
                     limit,
                 )
                 connection.time_out()
+
+    def _sync_periodically(self) -> None:
+        self._sync_in_background()
+        if not self.stopping:
+            self.loop.call_later(self.config.fsync_interval, self._sync_periodically)
 
     def _sync_in_background(self) -> None:
         if self._sync_running:
