@@ -35,7 +35,16 @@ INTERNAL_ERROR = b"421 4.3.0 Internal server error, closing connection\r\n"
 class Connection(asyncio.BufferedProtocol):
     """One client connection of a worker."""
 
-    __slots__ = ("worker", "transport", "session", "carry", "last_active", "held", "paused")
+    __slots__ = (
+        "worker",
+        "transport",
+        "session",
+        "carry",
+        "last_active",
+        "held",
+        "awaiting_sync",
+        "paused",
+    )
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -44,6 +53,7 @@ class Connection(asyncio.BufferedProtocol):
         self.carry = b""
         self.last_active = worker.tick
         self.held: list[bytes] | None = None  # replies waiting for a group fsync
+        self.awaiting_sync = False  # held replies include a commit the next fsync must cover
         self.paused = False
 
     # --- connection lifetime ----------------------------------------------------------------
@@ -132,22 +142,36 @@ class Connection(asyncio.BufferedProtocol):
     def _send(self, data: bytes) -> None:
         if self.held is not None:
             self.held.append(data)
-            return
+        else:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
-    def release(self, ok: bool) -> None:
-        """Send the replies held for a group fsync, or drop the connection if it failed."""
-        held = self.held
-        self.held = None
+    def release(self, ok: bool, covered: int) -> None:
+        """Send the first `covered` held replies, now that an fsync covers them.
+
+        Replies held after a newer commit stay held for the next fsync. When the fsync failed,
+        the connection is dropped without the replies, so the client does not count the
+        messages as delivered.
+        """
+        held = self.held or []
         if not ok:
+            self.held = None
             self._close(abort=True)
             return
-        if held:
-            self._send(b"".join(held))
+        if self.awaiting_sync:
+            self.held = held[covered:]
+            ready = held[:covered]
+        else:
+            self.held = None
+            ready = held
+        if ready:
+            self._write(b"".join(ready))
         session = self.session
-        if session is None or session.closing:
+        if self.held is None and (session is None or session.closing):
             self._close()
 
     def pause_writing(self) -> None:

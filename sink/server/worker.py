@@ -41,7 +41,12 @@ EXIT_BOOT_ERROR = 3  # the worker could not start; restarting it would fail the 
 
 
 class GroupCommit:
-    """Share one fsync between every connection that committed while the last one ran."""
+    """Share one fsync between every connection that committed while the last one ran.
+
+    A connection whose read committed a message hands its replies to `hold`; from then on, all
+    its output queues behind them. When an fsync starts, it covers the replies held so far; a
+    connection that commits again meanwhile keeps its newer replies held for the next fsync.
+    """
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -54,21 +59,29 @@ class GroupCommit:
             connection.held = [data]
         else:
             connection.held.append(data)
-        self.waiting.append(connection)
+        if not connection.awaiting_sync:
+            connection.awaiting_sync = True
+            self.waiting.append(connection)
         if not self.running:
             self._start()
 
     def _start(self) -> None:
         self.running = True
         batch, self.waiting = self.waiting, []
+        covered = []
+        for connection in batch:
+            connection.awaiting_sync = False
+            covered.append(len(connection.held or ()))
         future = self.worker.loop.run_in_executor(self.worker.executor, self.worker.sync_store)
-        future.add_done_callback(lambda done: self._finished(batch, done))
+        future.add_done_callback(lambda done: self._finished(batch, covered, done))
 
-    def _finished(self, batch: list[Connection], done: asyncio.Future[bool]) -> None:
+    def _finished(
+        self, batch: list[Connection], covered: list[int], done: asyncio.Future[bool]
+    ) -> None:
         self.running = False
         ok = not done.cancelled() and done.exception() is None and bool(done.result())
-        for connection in batch:
-            connection.release(ok)
+        for connection, count in zip(batch, covered, strict=True):
+            connection.release(ok, count)
         if self.waiting:
             self._start()
 
