@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sink.smtp import quirks
 
@@ -48,9 +48,12 @@ class PathError(ValueError):
         self.reply = reply
 
 
-@dataclass(slots=True, frozen=True)
-class Path:
-    """A reverse-path or forward-path, with every part as the client wrote it."""
+class Path(NamedTuple):
+    """A reverse-path or forward-path, with every part as the client wrote it.
+
+    A named tuple rather than a frozen dataclass, because one is built for every MAIL and RCPT
+    command and a tuple is several times cheaper to create.
+    """
 
     raw: str
     """The path as written without its angle brackets, source route included, or "" for <>."""

@@ -29,6 +29,8 @@ from sink.smtp.policy import MAX_COMMAND_LINE, Policy
 from sink.store import Store, StoreError, Transaction
 
 _CR = 0x0D
+_MESSAGES = int(Field.MESSAGES)
+_MESSAGE_BYTES = int(Field.MESSAGE_BYTES)
 _KNOWN_UNIMPLEMENTED = frozenset(
     {b"STARTTLS", b"AUTH", b"EXPN", b"ETRN", b"TURN", b"ATRN", b"BURL", b"XCLIENT", b"XFORWARD"}
 )
@@ -506,8 +508,8 @@ class Session:
         except StoreError:
             return replies.STORE_FAILED
         counters = self.counters
-        counters[Field.MESSAGES] += 1
-        counters[Field.MESSAGE_BYTES] += meta["size"]
+        counters[_MESSAGES] += 1
+        counters[_MESSAGE_BYTES] += meta["size"]
         return replies.queued(message_id)
 
     def _envelope(self) -> dict[str, Any]:
