@@ -118,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="kill and replace a worker silent this long (default 30s)",
     )
 
+    add(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="address for /metrics and /healthz (default 127.0.0.1:9325; '' turns it off)",
+    )
+
     spool = commands.add_parser("spool", help="inspect a spool directory")
     spool_commands = spool.add_subparsers(dest="spool_command", required=True, metavar="COMMAND")
     verify = spool_commands.add_parser(

@@ -68,6 +68,7 @@ class Config:
     progress: bool | None = None  # None: on when standard output is a terminal
     shutdown_grace: float = 10.0
     heartbeat_timeout: float = 30.0
+    metrics_listen: str = "127.0.0.1:9325"  # "" turns the metrics endpoint off
     config: str | None = None
 
     def validate(self) -> Config:

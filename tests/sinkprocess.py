@@ -9,12 +9,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 _LISTENING = re.compile(r"sink listening on (\S+?):(\d+)[ ,]")
+_METRICS = re.compile(r"metrics on http://(\S+?):(\d+)/metrics")
 
 
 class SinkProcess:
@@ -31,6 +34,7 @@ class SinkProcess:
     ) -> None:
         command = [sys.executable, "-m", "sink", "serve", "--listen", listen]
         command += ["--workers", str(workers), "--log-level", "debug"]
+        command += ["--metrics-listen", "127.0.0.1:0"]
         if stdout is None:
             command.append("--no-progress")
         command += ["--spool", str(spool)] if spool is not None else ["--no-spool"]
@@ -51,6 +55,8 @@ class SinkProcess:
         self.host = listen.rpartition(":")[0].strip("[]")
         self.port = self._wait_for_port()
         self.wait_for_workers(workers)
+        found = _METRICS.search(self.log)
+        self.metrics_port = int(found.group(2)) if found else None
 
     def _collect(self) -> None:
         assert self.process.stderr is not None
@@ -74,6 +80,16 @@ class SinkProcess:
             time.sleep(0.02)
         self.kill()
         pytest.fail(f"sink did not report its port within {timeout} s:\n{self.log}")
+
+    def scrape(self, path: str = "/metrics") -> tuple[int, str]:
+        """GET a path from the metrics endpoint; return the status and the body."""
+        assert self.metrics_port is not None, "this sink runs without a metrics endpoint"
+        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
 
     def worker_pids(self) -> list[int]:
         """Return the PIDs of the master's live child processes."""

@@ -7,7 +7,6 @@ import time
 import pytest
 
 from sink.config import Config
-from sink.counters import Field
 from sink.server.master import (
     BOOT_FAILURES_LIMIT,
     EXIT_WORKERS_FAILED,
@@ -16,6 +15,7 @@ from sink.server.master import (
 )
 from sink.server.slots import Slots
 from sink.server.worker import EXIT_BOOT_ERROR
+from sink.smtp.counters import Field
 
 
 def exit_status(code: int) -> int:

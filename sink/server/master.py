@@ -33,11 +33,12 @@ from dataclasses import dataclass
 
 from sink import config as config_module
 from sink.config import Config, ConfigError
-from sink.counters import Field
 from sink.server import listeners
+from sink.server.exposition import MetricsEndpoint
 from sink.server.progress import Progress
 from sink.server.slots import Slots
 from sink.server.worker import EXIT_BOOT_ERROR, run_worker
+from sink.smtp.counters import Field
 
 log = logging.getLogger("sink.master")
 
@@ -50,6 +51,7 @@ BACKOFF_MAX = 10.0
 STABLE_AFTER = 30.0  # a worker that lived this long resets its index's backoff
 BOOT_FAILURES_LIMIT = 5  # deaths in a row before the first heartbeat
 KILL_MARGIN = 5.0  # seconds past the grace period before SIGKILL
+HEALTHY_BEAT_AGE = 3.0  # seconds since the last heartbeat before /healthz reports a worker
 
 
 @dataclass
@@ -59,6 +61,7 @@ class WorkerProcess:
     started: float
     retiring: bool = False  # told to stop because of a reload
     term_sent_at: float | None = None
+    missed_heartbeat: bool = False
 
 
 class Master:
@@ -78,6 +81,9 @@ class Master:
         self.sockets: list[list[socket.socket]] = []
         self.slots: Slots | None = None
         self.progress: Progress | None = None
+        self.metrics: MetricsEndpoint | None = None
+        self.restarts = {"exited": 0, "killed": 0, "heartbeat": 0, "reload": 0}
+        self.finished_cpu: dict[int, tuple[float, float]] = {}  # CPU of exited workers, by index
         self._wake_read, self._wake_write = os.pipe()
 
     # --- start ------------------------------------------------------------------------------
@@ -102,6 +108,12 @@ class Master:
             spool,
             self.config.fsync,
         )
+        if self.config.metrics_listen:
+            address = listeners.parse_address(self.config.metrics_listen)
+            self.metrics = MetricsEndpoint(self, listeners.bind(address))
+            host, port = _host_port(self.metrics.sock)
+            log.info("metrics on http://%s/metrics", listeners.Address(host, port))
+
         show_progress = self.config.progress
         if show_progress is None:
             show_progress = sys.stdout.isatty()
@@ -120,6 +132,8 @@ class Master:
             for group in self.sockets:
                 for sock in group:
                     sock.close()
+            if self.metrics is not None:
+                self.metrics.close()
         return self.exit_code
 
     def _recover_spool(self) -> None:
@@ -167,17 +181,26 @@ class Master:
         log.info("sink stopped")
 
     def _sleep(self, timeout: float) -> None:
-        if self.signals:
-            return
-        try:
-            ready, _, _ = select.select([self._wake_read], [], [], timeout)
-        except InterruptedError:
-            return
-        if ready:
+        deadline = time.monotonic() + timeout
+        watched: list[int | MetricsEndpoint] = [self._wake_read]
+        if self.metrics is not None:
+            watched.append(self.metrics)
+        while not self.signals:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
             try:
-                os.read(self._wake_read, 4096)
-            except BlockingIOError:
-                pass
+                ready, _, _ = select.select(watched, [], [], remaining)
+            except InterruptedError:
+                return
+            if self._wake_read in ready:
+                try:
+                    os.read(self._wake_read, 4096)
+                except BlockingIOError:
+                    pass
+                return
+            if self.metrics is not None and self.metrics in ready:
+                self.metrics.handle()
 
     # --- signals ----------------------------------------------------------------------------
 
@@ -243,7 +266,7 @@ class Master:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -251,6 +274,8 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            user, system = self.finished_cpu.get(worker.index, (0.0, 0.0))
+            self.finished_cpu[worker.index] = (user + usage.ru_utime, system + usage.ru_stime)
             self._worker_exited(worker, status)
 
     def _worker_exited(self, worker: WorkerProcess, status: int) -> None:
@@ -258,6 +283,7 @@ class Master:
         slot = self.slots.slot(worker.index)
         slot[Field.ACTIVE_SESSIONS] = 0
         slot[Field.ACCEPTING] = 0
+        slot[Field.SEGMENTS_OPEN] = 0
         beat = slot[Field.HEARTBEAT_NS] != 0
         lived = time.monotonic() - worker.started
 
@@ -277,8 +303,15 @@ class Master:
 
         if self.stopping or worker.retiring:
             if worker.retiring and not self.stopping:
+                self.restarts["reload"] += 1
                 self.restart_after[worker.index] = 0.0
             return
+        if worker.missed_heartbeat:
+            self.restarts["heartbeat"] += 1
+        elif code < 0:
+            self.restarts["killed"] += 1
+        else:
+            self.restarts["exited"] += 1
 
         if code == EXIT_BOOT_ERROR:
             log.critical(
@@ -336,9 +369,31 @@ class Master:
                     self.config.heartbeat_timeout,
                 )
                 worker.term_sent_at = time.monotonic()
+                worker.missed_heartbeat = True
                 _kill(worker.pid, signal.SIGKILL)
             elif worker.retiring or worker.term_sent_at is not None:
                 self._escalate(worker)
+
+    def health_problems(self) -> list[str]:
+        """Return why the sink is not healthy: stopping, or a worker missing or not accepting."""
+        if self.stopping:
+            return ["stopping"]
+        assert self.slots is not None
+        problems = []
+        now_ns = time.time_ns()
+        # A worker beats once a second, so three missed beats mean it is not serving, even
+        # though the master waits the whole --heartbeat-timeout before replacing it.
+        limit_ns = int(min(self.config.heartbeat_timeout, HEALTHY_BEAT_AGE) * 1e9)
+        live = {worker.index for worker in self.workers.values()}
+        for index in range(self.config.workers):
+            slot = self.slots.slot(index)
+            if index not in live:
+                problems.append(f"worker {index} is not running")
+            elif not slot[Field.ACCEPTING]:
+                problems.append(f"worker {index} is not accepting connections")
+            elif now_ns - slot[Field.HEARTBEAT_NS] > limit_ns:
+                problems.append(f"worker {index} missed its heartbeat")
+        return problems
 
     def _escalate_stop(self) -> None:
         for worker in list(self.workers.values()):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from sink.counters import Field
 from sink.server.slots import Slots
+from sink.smtp.counters import Field
 
 
 class Progress:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, cast
 
-from sink.counters import Field
 from sink.smtp import Session, replies
+from sink.smtp.counters import ENDED_BASE, ENDED_HOW, REPLY_INDEX, SESSION_DURATION, Field
 
 if TYPE_CHECKING:
     from sink.server.worker import Worker
@@ -28,6 +29,10 @@ log = logging.getLogger("sink.worker")
 _SESSIONS = int(Field.SESSIONS)
 _ACTIVE = int(Field.ACTIVE_SESSIONS)
 _REFUSED = int(Field.REFUSED_SESSIONS)
+_REFUSED_SHUTTING_DOWN = int(Field.REFUSED_SHUTTING_DOWN)
+_ENDED = {how: ENDED_BASE + index for index, how in enumerate(ENDED_HOW)}
+_REPLY_220 = REPLY_INDEX[220]
+_REPLY_421 = REPLY_INDEX[421]
 
 INTERNAL_ERROR = b"421 4.3.0 Internal server error, closing connection\r\n"
 
@@ -44,6 +49,7 @@ class Connection(asyncio.BufferedProtocol):
         "held",
         "awaiting_sync",
         "paused",
+        "started",
     )
 
     def __init__(self, worker: Worker) -> None:
@@ -55,6 +61,7 @@ class Connection(asyncio.BufferedProtocol):
         self.held: list[bytes] | None = None  # replies waiting for a group fsync
         self.awaiting_sync = False  # held replies include a commit the next fsync must cover
         self.paused = False
+        self.started = 0.0
 
     # --- connection lifetime ----------------------------------------------------------------
 
@@ -64,10 +71,13 @@ class Connection(asyncio.BufferedProtocol):
         worker = self.worker
         self.transport = transport
         if len(worker.connections) >= worker.config.max_sessions or not worker.accepting:
-            worker.counters[_REFUSED] += 1
-            transport.write(
-                replies.TOO_MANY_SESSIONS if worker.accepting else replies.SHUTTING_DOWN
-            )
+            if worker.accepting:
+                worker.counters[_REFUSED] += 1
+                transport.write(replies.TOO_MANY_SESSIONS)
+            else:
+                worker.counters[_REFUSED_SHUTTING_DOWN] += 1
+                transport.write(replies.SHUTTING_DOWN)
+            worker.counters[_REPLY_421] += 1
             transport.close()
             return
 
@@ -81,8 +91,11 @@ class Connection(asyncio.BufferedProtocol):
             counters=worker.counters,
         )
         worker.connections.add(self)
-        worker.counters[_SESSIONS] += 1
-        worker.counters[_ACTIVE] += 1
+        counters = worker.counters
+        counters[_SESSIONS] += 1
+        counters[_ACTIVE] += 1
+        counters[_REPLY_220] += 1
+        self.started = time.monotonic()
         transport.write(self.session.greeting())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -91,8 +104,12 @@ class Connection(asyncio.BufferedProtocol):
             return
         session.connection_lost()
         self.session = None
-        self.worker.connections.discard(self)
-        self.worker.counters[_ACTIVE] -= 1
+        worker = self.worker
+        worker.connections.discard(self)
+        counters = worker.counters
+        counters[_ACTIVE] -= 1
+        counters[_ENDED[session.ended]] += 1
+        SESSION_DURATION.observe(counters, time.monotonic() - self.started)
 
     def eof_received(self) -> bool:
         return False
@@ -118,6 +135,8 @@ class Connection(asyncio.BufferedProtocol):
             consumed = session.receive(worker.buffer, worker.view, end)
         except Exception:
             worker.report_internal_error(session)
+            session.ended = "error"
+            worker.counters[_REPLY_421] += 1
             self._send(INTERNAL_ERROR)
             session.connection_lost()
             self._close()

@@ -25,15 +25,24 @@ from typing import Any
 import uvloop
 
 from sink.config import Config
-from sink.counters import Field
 from sink.server.protocol import Connection
 from sink.smtp import Policy, Session
+from sink.smtp.counters import FSYNC_DURATION, Field
 from sink.spool import DiscardStore, SpoolWriter, recover_segments
 from sink.store import Store
 
 log = logging.getLogger("sink.worker")
 
 RECEIVE_BUFFER = 256 * 1024
+
+# Spool writer attributes that the worker copies into its slot once a second, as deltas so that
+# the slot's counters keep growing across worker restarts.
+_SPOOL_COUNTERS = (
+    ("bytes_written", Field.SPOOL_BYTES),
+    ("commits_written", Field.SPOOL_RECORDS),
+    ("segments_sealed", Field.SEGMENTS_SEALED),
+    ("write_errors", Field.SPOOL_WRITE_ERRORS),
+)
 
 # Exit codes the master understands.
 EXIT_OK = 0
@@ -116,6 +125,7 @@ class Worker:
         self._stopped: asyncio.Event | None = None
         self._internal_errors = 0
         self._sync_running = False
+        self._published: dict[str, int] = {}
 
     def _open_store(self) -> Store:
         if not self.config.spool:
@@ -137,12 +147,28 @@ class Worker:
 
     def sync_store(self) -> bool:
         """Fsync the spool (in the executor thread); False and a log line if it failed."""
+        started = time.perf_counter()
         try:
             self.store.sync()  # type: ignore[attr-defined]
         except Exception as error:
             log.error("worker %d: fsync of the spool failed: %s", self.index, error)
             return False
+        # Only this thread writes the fsync histogram's words, so it needs no lock.
+        FSYNC_DURATION.observe(self.counters, time.perf_counter() - started)
         return True
+
+    def publish_spool_counters(self) -> None:
+        """Copy the spool writer's counters into the slot."""
+        if not self.config.spool:
+            return
+        counters = self.counters
+        for attribute, field in _SPOOL_COUNTERS:
+            value = int(getattr(self.store, attribute, 0))
+            delta = value - self._published.get(attribute, 0)
+            if delta > 0:
+                counters[field] += delta
+                self._published[attribute] = value
+        counters[Field.SEGMENTS_OPEN] = int(getattr(self.store, "segments_open", 0))
 
     def report_internal_error(self, session: Session) -> None:
         """Log a bug in the session code, with a traceback the first few times only."""
@@ -203,6 +229,7 @@ class Worker:
         tick = getattr(self.store, "tick", None)
         if tick is not None:
             self._guard("rotate the spool", tick)
+        self.publish_spool_counters()
         if not self.stopping or self.connections:
             self.loop.call_later(1.0, self._beat)
 
@@ -299,6 +326,7 @@ class Worker:
         close = getattr(self.store, "close", None)
         if close is not None:
             self._guard("seal the spool", close)
+        self.publish_spool_counters()
         log.debug("worker %d stopped", self.index)
 
 

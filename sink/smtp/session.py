@@ -21,9 +21,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sink.counters import Field, private_counters
 from sink.smtp import quirks, replies
 from sink.smtp.body import ChunkReader, DotReader, _discard
+from sink.smtp.counters import (
+    DATA_DURATION,
+    MESSAGE_SIZE,
+    QUIRK_INDEX,
+    REPLY_INDEX,
+    VERB_INDEX,
+    Field,
+    private_counters,
+)
+from sink.smtp.counters import OTHER_REPLY as _OTHER_REPLY
+from sink.smtp.counters import UNKNOWN_VERB as _UNKNOWN_VERB
 from sink.smtp.paths import Path, PathError, parse_mail_from, parse_rcpt_to
 from sink.smtp.policy import MAX_COMMAND_LINE, Policy
 from sink.store import Store, StoreError, Transaction
@@ -31,6 +41,15 @@ from sink.store import Store, StoreError, Transaction
 _CR = 0x0D
 _MESSAGES = int(Field.MESSAGES)
 _MESSAGE_BYTES = int(Field.MESSAGE_BYTES)
+_MESSAGES_REFUSED = int(Field.MESSAGES_REFUSED)
+_MESSAGES_ABORTED = int(Field.MESSAGES_ABORTED)
+_RECIPIENTS_ACCEPTED = int(Field.RECIPIENTS_ACCEPTED)
+_RECIPIENTS_REFUSED = int(Field.RECIPIENTS_REFUSED)
+_DATA_BYTES = int(Field.DATA_BYTES)
+_BDAT_BYTES = int(Field.BDAT_BYTES)
+_REPLY_INDEX = REPLY_INDEX
+_QUIRK_INDEX = QUIRK_INDEX
+_VERB_INDEX = VERB_INDEX
 _KNOWN_UNIMPLEMENTED = frozenset(
     {b"STARTTLS", b"AUTH", b"EXPN", b"ETRN", b"TURN", b"ATRN", b"BURL", b"XCLIENT", b"XFORWARD"}
 )
@@ -75,6 +94,7 @@ class Session:
         "quirks",
         "errors",
         "counters",
+        "ended",
         # per transaction
         "reverse_path",
         "mail_parameters",
@@ -86,6 +106,7 @@ class Session:
         "_chunk_reply",
         "_content_size",
         "_store_failed",
+        "_content_started",
     )
 
     reverse_path: Path | None
@@ -98,6 +119,7 @@ class Session:
     _chunk_reply: bytes | None
     _content_size: int
     _store_failed: bool
+    _content_started: float | None
 
     def __init__(
         self,
@@ -123,6 +145,7 @@ class Session:
         self.quirks: dict[str, int] | None = None
         self.errors = 0
         self.counters = counters if counters is not None else private_counters()
+        self.ended = "client_close"  # how the session ended, for the metrics
         self._reset_transaction()
 
     # --- input ------------------------------------------------------------------------------
@@ -175,19 +198,17 @@ class Session:
 
     def connection_lost(self) -> None:
         """Drop a transaction in progress: a message cut off by a disconnect is never stored."""
-        if self._txn is not None:
-            self._txn.abort()
-            self._txn = None
+        self._abort_transaction()
         self.state = State.CLOSED
         self.closing = True
 
     def shut_down(self) -> None:
         """Send 421 and close, because the server is stopping."""
-        self._close_with(replies.SHUTTING_DOWN)
+        self._close_with(replies.SHUTTING_DOWN, "shutdown")
 
     def time_out(self) -> None:
         """Send 421 and close, because the client was idle too long."""
-        self._close_with(replies.TIMEOUT)
+        self._close_with(replies.TIMEOUT, "timeout")
 
     @property
     def in_transaction(self) -> bool:
@@ -216,6 +237,7 @@ class Session:
         else:
             verb, argument = line[:space], line[space + 1 :].strip(b" ")
         name = verb.upper()
+        self.counters[_VERB_INDEX.get(name, _UNKNOWN_VERB)] += 1
         if not name:
             self._quirk(quirks.EMPTY_LINE)
             self._error(replies.UNRECOGNIZED)
@@ -243,14 +265,14 @@ class Session:
             self._error(replies.HELO_SYNTAX)
             return
         self._greeted(argument, esmtp=False)
-        self.out.append(self.policy.helo_reply)
+        self._reply(self.policy.helo_reply)
 
     def _ehlo(self, argument: bytes) -> None:
         if not argument:
             self._error(replies.EHLO_SYNTAX)
             return
         self._greeted(argument, esmtp=True)
-        self.out.append(self.policy.ehlo_reply)
+        self._reply(self.policy.ehlo_reply)
 
     def _greeted(self, argument: bytes, esmtp: bool) -> None:
         # RFC 5321 4.1.4: HELO or EHLO in the middle of a transaction resets it.
@@ -281,7 +303,7 @@ class Session:
                     self._error(replies.BAD_SIZE)
                     return
                 if int(value) > self.policy.max_message_size:
-                    self.out.append(replies.SIZE_EXCEEDED)
+                    self._reply(replies.SIZE_EXCEEDED)
                     return
             elif keyword == "BODY":
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
@@ -305,7 +327,7 @@ class Session:
         self.mail_parameters = parameters
         self.smtputf8 = smtputf8
         self.state = State.MAIL
-        self.out.append(replies.SENDER_OK)
+        self._reply(replies.SENDER_OK)
 
     def _rcpt(self, argument: bytes) -> None:
         try:
@@ -320,21 +342,25 @@ class Session:
             return
 
         if path.utf8 and not self.smtputf8 and not self._allow_utf8_without_option():
+            self.counters[_RECIPIENTS_REFUSED] += 1
             return
         if len(self.forward_paths) >= self.policy.max_recipients:
-            self.out.append(replies.TOO_MANY_RECIPIENTS)
+            self.counters[_RECIPIENTS_REFUSED] += 1
+            self._reply(replies.TOO_MANY_RECIPIENTS)
             return
         if self.policy.rejects(path.mailbox):
-            self.out.append(replies.NO_SUCH_USER)
+            self.counters[_RECIPIENTS_REFUSED] += 1
+            self._reply(replies.NO_SUCH_USER)
             return
 
         self.forward_paths.append((path, parameters))
-        self.out.append(replies.RECIPIENT_OK)
+        self.counters[_RECIPIENTS_ACCEPTED] += 1
+        self._reply(replies.RECIPIENT_OK)
 
     def _allow_utf8_without_option(self) -> bool:
         """Accept a non-ASCII address sent without SMTPUTF8, unless line endings are strict."""
         if self.policy.strict_line_endings:
-            self.out.append(replies.NEEDS_SMTPUTF8)
+            self._reply(replies.NEEDS_SMTPUTF8)
             return False
         self._quirk(quirks.UTF8_WITHOUT_SMTPUTF8)
         return True
@@ -351,11 +377,12 @@ class Session:
             return
         if not self._begin():
             self._abort_transaction()
-            self.out.append(replies.STORE_FAILED)
+            self._reply(replies.STORE_FAILED)
             return
         self._reader = DotReader(self._write)
+        self._content_started = time.perf_counter()
         self.state = State.DATA
-        self.out.append(replies.START_DATA)
+        self._reply(replies.START_DATA)
 
     def _bdat(self, argument: bytes) -> None:
         words = argument.split()
@@ -381,6 +408,8 @@ class Session:
             self._chunk_reply = replies.STORE_FAILED
         else:
             emit = self._write
+            if self._content_started is None:
+                self._content_started = time.perf_counter()
         self.chunked = True
         self._reader = ChunkReader(emit, size, last)
         self.state = State.BDAT
@@ -391,22 +420,22 @@ class Session:
             return
         self._abort_transaction()
         self.state = self._idle_state()
-        self.out.append(replies.OK)
+        self._reply(replies.OK)
 
     def _noop(self, argument: bytes) -> None:
-        self.out.append(replies.OK)
+        self._reply(replies.OK)
 
     def _quit(self, argument: bytes) -> None:
-        self._close_with(replies.BYE)
+        self._close_with(replies.BYE, "quit")
 
     def _vrfy(self, argument: bytes) -> None:
         if not argument:
             self._error(replies.VRFY_SYNTAX)
             return
-        self.out.append(replies.CANNOT_VRFY)
+        self._reply(replies.CANNOT_VRFY)
 
     def _help(self, argument: bytes) -> None:
-        self.out.append(replies.HELP)
+        self._reply(replies.HELP)
 
     # --- message content --------------------------------------------------------------------
 
@@ -421,6 +450,7 @@ class Session:
         return pos
 
     def _finish_data(self, reader: DotReader) -> None:
+        self.counters[_DATA_BYTES] += reader.size
         if reader.bare_lf:
             self._quirk(quirks.BARE_LF)
         if reader.bare_cr:
@@ -451,6 +481,7 @@ class Session:
         reader = self._reader
         assert isinstance(reader, ChunkReader)
         self._reader = None
+        self.counters[_BDAT_BYTES] += reader.size
         if self._chunk_reply is not None:
             self._end_transaction(self._chunk_reply)
             return
@@ -462,7 +493,7 @@ class Session:
             return
         if not reader.last:
             self.state = State.MAIL
-            self.out.append(replies.chunk_received(reader.size))
+            self._reply(replies.chunk_received(reader.size))
             return
         self._end_transaction(self._commit({"size": self._content_size}))
 
@@ -510,6 +541,7 @@ class Session:
         counters = self.counters
         counters[_MESSAGES] += 1
         counters[_MESSAGE_BYTES] += meta["size"]
+        MESSAGE_SIZE.observe(counters, meta["size"])
         return replies.queued(message_id)
 
     def _envelope(self) -> dict[str, Any]:
@@ -543,37 +575,61 @@ class Session:
         self._chunk_reply = None
         self._content_size = 0
         self._store_failed = False
+        self._content_started = None
 
     def _abort_transaction(self) -> None:
+        """Drop the transaction without a final reply (RSET, HELO, disconnect, 421)."""
+        if self._content_started is not None:
+            counters = self.counters
+            counters[_MESSAGES_ABORTED] += 1
+            reader = self._reader
+            if isinstance(reader, DotReader):
+                counters[_DATA_BYTES] += reader.size
+            elif isinstance(reader, ChunkReader):
+                counters[_BDAT_BYTES] += reader.size - reader.remaining
         if self._txn is not None:
             self._txn.abort()
         self._reset_transaction()
 
     def _end_transaction(self, reply: bytes) -> None:
-        self._abort_transaction()
+        """Finish the transaction with its final reply: 250 queued, or a refusal."""
+        started = self._content_started
+        if started is not None:
+            DATA_DURATION.observe(self.counters, time.perf_counter() - started)
+            if not reply.startswith(b"250"):
+                self.counters[_MESSAGES_REFUSED] += 1
+        if self._txn is not None:
+            self._txn.abort()
+        self._reset_transaction()
         self.state = self._idle_state()
-        self.out.append(reply)
+        self._reply(reply)
 
     def _idle_state(self) -> State:
         return State.GREETED if self.helo is not None else State.CONNECTED
+
+    def _reply(self, reply: bytes) -> None:
+        """Queue a reply and count it by code."""
+        self.out.append(reply)
+        code = (reply[0] - 48) * 100 + (reply[1] - 48) * 10 + reply[2] - 48
+        self.counters[_REPLY_INDEX.get(code, _OTHER_REPLY)] += 1
 
     def _quirk(self, name: str) -> None:
         counts = self.quirks
         if counts is None:
             counts = self.quirks = {}
         counts[name] = counts.get(name, 0) + 1
+        self.counters[_QUIRK_INDEX[name]] += 1
 
     def _error(self, reply: bytes) -> None:
-        self.out.append(reply)
+        self._reply(reply)
         self.errors += 1
         if self.errors >= self.policy.max_errors:
-            self._close_with(replies.TOO_MANY_ERRORS)
+            self._close_with(replies.TOO_MANY_ERRORS, "error")
 
-    def _close_with(self, reply: bytes) -> None:
-        if self._txn is not None:
-            self._txn.abort()
-            self._txn = None
-        self.out.append(reply)
+    def _close_with(self, reply: bytes, ended: str) -> None:
+        self._abort_transaction()
+        self.ended = ended
+        self._reply(reply)
         self.state = State.CLOSED
         self.closing = True
 

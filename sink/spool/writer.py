@@ -145,6 +145,8 @@ class SpoolWriter:
         self.commits_synced = 0
         self.write_errors = 0
         self.lost_commits = 0
+        self.segments_sealed = 0
+        self._finished_bytes = 0  # octets in segments this writer no longer writes
 
     @property
     def segment_path(self) -> Path | None:
@@ -291,6 +293,16 @@ class SpoolWriter:
 
     # --- Segments -------------------------------------------------------------------------
 
+    @property
+    def bytes_written(self) -> int:
+        """Octets this writer has written to segment files, in all its segments."""
+        return self._finished_bytes + sum(segment.offset for segment in self._live_segments())
+
+    @property
+    def segments_open(self) -> int:
+        """Segments this writer still has open: the current one and those draining."""
+        return len(self._live_segments())
+
     def _live_segments(self) -> list[SegmentFile]:
         segments = list(self._draining)
         if self._current is not None:
@@ -374,6 +386,8 @@ class SpoolWriter:
         with self._lock:
             self._unsynced.discard(segment)
             segment.close()
+        self.segments_sealed += 1
+        self._finished_bytes += segment.offset
         log.info(
             "sealed segment %s: %d records, %d message bytes",
             path.name,
@@ -389,6 +403,7 @@ class SpoolWriter:
             self._current = None
         if segment in self._draining:
             self._draining.remove(segment)
+        self._finished_bytes += segment.offset
         for txn in segment.active.values():
             txn._state = FAILED
             txn.error = OSError("the segment was abandoned after a write error")

@@ -1,0 +1,126 @@
+"""The layout of a worker's counter slot, shared by the SMTP session, the server and the master.
+
+Each worker owns an array of `WORDS` unsigned 64-bit words in shared memory (`sink.server.slots`
+maps them). Code on the hot path adds to a word by index and does nothing else: no locks, no
+system calls, no prometheus-client objects. The master's collector reads and sums the slots only
+when Prometheus scrapes.
+
+Layout, by word index (each word an unsigned 64-bit integer in native byte order):
+
+    0-31     scalar fields, named by `Field`
+    32-39    sessions ended, by how (`ENDED_HOW` order)
+    40-71    commands, by verb (`VERBS` order; the last is "unknown")
+    72-103   replies, by code (`REPLY_CODES` order; the last is "other")
+    104-135  client quirks (`sink.smtp.quirks.ALL` order)
+    136-...  histograms, each `len(bounds) + 3` words: one bucket per upper bound, one for
+             +Inf, then the sum (in microseconds or octets) and the count. Buckets are not
+             cumulative here; the collector adds them up.
+
+Words past the last histogram are reserved. A replacement worker keeps the words of its
+predecessor, so every counter only grows; gauges (ACTIVE_SESSIONS, ACCEPTING, SEGMENTS_OPEN)
+are reset by the master when a worker exits.
+"""
+
+from __future__ import annotations
+
+import enum
+from bisect import bisect_left
+
+from sink.smtp import quirks
+
+WORDS = 512
+
+
+class Field(enum.IntEnum):
+    """Scalar words of a slot."""
+
+    HEARTBEAT_NS = 0  # time.time_ns() of the last heartbeat; 0 before the first
+    PID = 1  # process ID of the worker that owns the slot now
+    STARTED_NS = 2  # time.time_ns() when that worker started
+    SESSIONS = 3  # connections accepted
+    ACTIVE_SESSIONS = 4  # gauge: sessions open now
+    MESSAGES = 5  # messages acknowledged with 250
+    MESSAGE_BYTES = 6  # content octets of those messages
+    REFUSED_SESSIONS = 7  # connections refused with 421 because of --max-sessions
+    ACCEPTING = 8  # gauge: 1 while the worker accepts connections
+    REFUSED_SHUTTING_DOWN = 9  # connections refused with 421 while stopping
+    MESSAGES_REFUSED = 10  # transactions whose content got a 4xx or 5xx final reply
+    MESSAGES_ABORTED = 11  # transactions cut off after DATA or BDAT began, with no final reply
+    RECIPIENTS_ACCEPTED = 12
+    RECIPIENTS_REFUSED = 13
+    DATA_BYTES = 14  # content octets received with DATA, after dot-unstuffing
+    BDAT_BYTES = 15  # content octets received with BDAT
+    SPOOL_BYTES = 16  # octets written to spool segments
+    SPOOL_RECORDS = 17  # records committed to the spool
+    SEGMENTS_OPEN = 18  # gauge
+    SEGMENTS_SEALED = 19
+    SPOOL_WRITE_ERRORS = 20
+
+
+ENDED_HOW = ("quit", "client_close", "timeout", "error", "shutdown")
+VERBS = (
+    "HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "HELP",
+    "STARTTLS", "AUTH", "EXPN", "ETRN", "TURN", "ATRN", "BURL", "XCLIENT", "XFORWARD", "unknown",
+)  # fmt: skip
+REPLY_CODES = (
+    "214", "220", "221", "250", "252", "354", "421", "451", "452",
+    "500", "501", "502", "503", "550", "552", "553", "554", "555", "other",
+)  # fmt: skip
+
+ENDED_BASE = 32
+VERB_BASE = 40
+REPLY_BASE = 72
+QUIRK_BASE = 104
+
+# Upper bounds of the histogram buckets.
+LATENCY_BOUNDS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+SIZE_BOUNDS = tuple(float(2**exponent) for exponent in range(9, 27))  # 512 B to 64 MiB
+
+
+class Histogram:
+    """Where one histogram lives in a slot, and how to add an observation to it."""
+
+    __slots__ = ("base", "bounds", "scale", "_sum", "_count")
+
+    def __init__(self, base: int, bounds: tuple[float, ...], scale: float) -> None:
+        self.base = base
+        self.bounds = bounds
+        self.scale = scale  # the sum word holds value * scale, as an integer
+        self._sum = base + len(bounds) + 1
+        self._count = self._sum + 1
+
+    @property
+    def end(self) -> int:
+        return self._count + 1
+
+    def observe(self, counters: memoryview, value: float) -> None:
+        counters[self.base + bisect_left(self.bounds, value)] += 1
+        counters[self._sum] += int(value * self.scale)
+        counters[self._count] += 1
+
+
+SESSION_DURATION = Histogram(136, LATENCY_BOUNDS, 1e6)
+DATA_DURATION = Histogram(SESSION_DURATION.end, LATENCY_BOUNDS, 1e6)
+MESSAGE_SIZE = Histogram(DATA_DURATION.end, SIZE_BOUNDS, 1.0)
+FSYNC_DURATION = Histogram(MESSAGE_SIZE.end, LATENCY_BOUNDS, 1e6)
+HISTOGRAMS_END = FSYNC_DURATION.end
+
+VERB_INDEX = {verb.encode(): VERB_BASE + index for index, verb in enumerate(VERBS)}
+UNKNOWN_VERB = VERB_BASE + len(VERBS) - 1
+REPLY_INDEX = {int(code): REPLY_BASE + index for index, code in enumerate(REPLY_CODES[:-1])}
+OTHER_REPLY = REPLY_BASE + len(REPLY_CODES) - 1
+QUIRK_INDEX = {name: QUIRK_BASE + index for index, name in enumerate(quirks.ALL)}
+
+assert len(ENDED_HOW) <= VERB_BASE - ENDED_BASE
+assert len(VERBS) <= REPLY_BASE - VERB_BASE
+assert len(REPLY_CODES) <= QUIRK_BASE - REPLY_BASE
+assert len(quirks.ALL) <= SESSION_DURATION.base - QUIRK_BASE
+assert HISTOGRAMS_END <= WORDS
+
+
+def private_counters() -> memoryview:
+    """Return a zeroed counter array that nobody else reads, for sessions outside a worker."""
+    return memoryview(bytearray(WORDS * 8)).cast("Q")
