@@ -118,7 +118,7 @@ class SinkCollector:
             "5xx final reply) or aborted (no final reply).",
             labels=["outcome"],
         )
-        messages.add_metric(["accepted"], total[Field.MESSAGES])
+        messages.add_metric(["accepted"], MESSAGE_SIZE.count(total))
         messages.add_metric(["refused"], total[Field.MESSAGES_REFUSED])
         messages.add_metric(["aborted"], total[Field.MESSAGES_ABORTED])
         yield messages
@@ -193,7 +193,7 @@ class SinkCollector:
         )
         for index, words in enumerate(slots):
             connections.add_metric([str(index)], words[Field.SESSIONS])
-            messages_by_worker.add_metric([str(index)], words[Field.MESSAGES])
+            messages_by_worker.add_metric([str(index)], MESSAGE_SIZE.count(words))
         yield connections
         yield messages_by_worker
         yield from _process_metrics(master)
@@ -214,9 +214,8 @@ def _histogram(
     for bound, count in zip((*histogram.bounds, float("inf")), words, strict=True):
         cumulative += count
         buckets.append(("+Inf" if bound == float("inf") else _bound_text(bound), cumulative))
-    sum_word = histogram.base + len(histogram.bounds) + 1
     return HistogramMetricFamily(
-        PREFIX + name, documentation, buckets=buckets, sum_value=total[sum_word] / histogram.scale
+        PREFIX + name, documentation, buckets=buckets, sum_value=histogram.total(total)
     )
 
 

@@ -6,7 +6,7 @@ import time
 from typing import TextIO
 
 from sink.server.slots import Slots
-from sink.smtp.counters import Field
+from sink.smtp.counters import MESSAGE_SIZE, Field
 
 
 class Progress:
@@ -16,14 +16,12 @@ class Progress:
         self.slots = slots
         self.stream = stream
         self.last_time = time.monotonic()
-        self.last_messages = slots.total(Field.MESSAGES)
-        self.last_bytes = slots.total(Field.MESSAGE_BYTES)
+        self.last_messages, self.last_bytes = self._messages()
 
     def update(self) -> None:
         now = time.monotonic()
         elapsed = max(now - self.last_time, 1e-6)
-        messages = self.slots.total(Field.MESSAGES)
-        octets = self.slots.total(Field.MESSAGE_BYTES)
+        messages, octets = self._messages()
         rate = (messages - self.last_messages) / elapsed
         throughput = (octets - self.last_bytes) / elapsed / 1e6
         self.last_time, self.last_messages, self.last_bytes = now, messages, octets
@@ -34,6 +32,15 @@ class Progress:
         )
         self.stream.write("\r" + line.ljust(78))
         self.stream.flush()
+
+    def _messages(self) -> tuple[int, float]:
+        """Return messages accepted and their octets, summed over the workers."""
+        messages, octets = 0, 0.0
+        for index in range(self.slots.count):
+            words = self.slots.slot(index)
+            messages += MESSAGE_SIZE.count(words)
+            octets += MESSAGE_SIZE.total(words)
+        return messages, octets
 
     def finish(self) -> None:
         self.stream.write("\n")

@@ -12,9 +12,9 @@ Layout, by word index (each word an unsigned 64-bit integer in native byte order
     40-71    commands, by verb (`VERBS` order; the last is "unknown")
     72-103   replies, by code (`REPLY_CODES` order; the last is "other")
     104-135  client quirks (`sink.smtp.quirks.ALL` order)
-    136-...  histograms, each `len(bounds) + 3` words: one bucket per upper bound, one for
-             +Inf, then the sum (in microseconds or octets) and the count. Buckets are not
-             cumulative here; the collector adds them up.
+    136-...  histograms, each `len(bounds) + 2` words: one bucket per upper bound, one for
+             +Inf, then the sum (in microseconds or octets). Buckets are not cumulative here;
+             the collector adds them up, and their total is the count.
 
 Words past the last histogram are reserved. A replacement worker keeps the words of its
 predecessor, so every counter only grows; gauges (ACTIVE_SESSIONS, ACCEPTING, SEGMENTS_OPEN)
@@ -39,8 +39,8 @@ class Field(enum.IntEnum):
     STARTED_NS = 2  # time.time_ns() when that worker started
     SESSIONS = 3  # connections accepted
     ACTIVE_SESSIONS = 4  # gauge: sessions open now
-    MESSAGES = 5  # messages acknowledged with 250
-    MESSAGE_BYTES = 6  # content octets of those messages
+    # Words 5 and 6 are unused: messages accepted and their octets are the count and the sum
+    # of the MESSAGE_SIZE histogram.
     REFUSED_SESSIONS = 7  # connections refused with 421 because of --max-sessions
     ACCEPTING = 8  # gauge: 1 while the worker accepts connections
     REFUSED_SHUTTING_DOWN = 9  # connections refused with 421 while stopping
@@ -83,23 +83,26 @@ SIZE_BOUNDS = tuple(float(2**exponent) for exponent in range(9, 27))  # 512 B to
 class Histogram:
     """Where one histogram lives in a slot, and how to add an observation to it."""
 
-    __slots__ = ("base", "bounds", "scale", "_sum", "_count")
+    __slots__ = ("base", "bounds", "scale", "sum_word", "end")
 
     def __init__(self, base: int, bounds: tuple[float, ...], scale: float) -> None:
         self.base = base
         self.bounds = bounds
         self.scale = scale  # the sum word holds value * scale, as an integer
-        self._sum = base + len(bounds) + 1
-        self._count = self._sum + 1
-
-    @property
-    def end(self) -> int:
-        return self._count + 1
+        self.sum_word = base + len(bounds) + 1
+        self.end = self.sum_word + 1
 
     def observe(self, counters: memoryview, value: float) -> None:
         counters[self.base + bisect_left(self.bounds, value)] += 1
-        counters[self._sum] += int(value * self.scale)
-        counters[self._count] += 1
+        counters[self.sum_word] += int(value * self.scale)
+
+    def count(self, words: memoryview | list[int]) -> int:
+        """Return how many observations the histogram holds in `words`."""
+        return sum(words[self.base : self.sum_word])
+
+    def total(self, words: memoryview | list[int]) -> float:
+        """Return the sum of the observed values, in the unit of the bounds."""
+        return words[self.sum_word] / self.scale
 
 
 SESSION_DURATION = Histogram(136, LATENCY_BOUNDS, 1e6)

@@ -39,8 +39,6 @@ from sink.smtp.policy import MAX_COMMAND_LINE, Policy
 from sink.store import Store, StoreError, Transaction
 
 _CR = 0x0D
-_MESSAGES = int(Field.MESSAGES)
-_MESSAGE_BYTES = int(Field.MESSAGE_BYTES)
 _MESSAGES_REFUSED = int(Field.MESSAGES_REFUSED)
 _MESSAGES_ABORTED = int(Field.MESSAGES_ABORTED)
 _RECIPIENTS_ACCEPTED = int(Field.RECIPIENTS_ACCEPTED)
@@ -48,6 +46,11 @@ _RECIPIENTS_REFUSED = int(Field.RECIPIENTS_REFUSED)
 _DATA_BYTES = int(Field.DATA_BYTES)
 _BDAT_BYTES = int(Field.BDAT_BYTES)
 _REPLY_INDEX = REPLY_INDEX
+_REPLY_WORDS = {
+    reply: REPLY_INDEX.get(int(reply[:3]), _OTHER_REPLY)
+    for reply in vars(replies).values()
+    if isinstance(reply, bytes) and reply[:3].isdigit()
+}
 _QUIRK_INDEX = QUIRK_INDEX
 _VERB_INDEX = VERB_INDEX
 _KNOWN_UNIMPLEMENTED = frozenset(
@@ -538,10 +541,7 @@ class Session:
             message_id = txn.commit(meta)
         except StoreError:
             return replies.STORE_FAILED
-        counters = self.counters
-        counters[_MESSAGES] += 1
-        counters[_MESSAGE_BYTES] += meta["size"]
-        MESSAGE_SIZE.observe(counters, meta["size"])
+        MESSAGE_SIZE.observe(self.counters, meta["size"])
         return replies.queued(message_id)
 
     def _envelope(self) -> dict[str, Any]:
@@ -610,8 +610,11 @@ class Session:
     def _reply(self, reply: bytes) -> None:
         """Queue a reply and count it by code."""
         self.out.append(reply)
-        code = (reply[0] - 48) * 100 + (reply[1] - 48) * 10 + reply[2] - 48
-        self.counters[_REPLY_INDEX.get(code, _OTHER_REPLY)] += 1
+        word = _REPLY_WORDS.get(reply)  # the constant replies; their hashes are cached
+        if word is None:
+            code = (reply[0] - 48) * 100 + (reply[1] - 48) * 10 + reply[2] - 48
+            word = _REPLY_INDEX.get(code, _OTHER_REPLY)
+        self.counters[word] += 1
 
     def _quirk(self, name: str) -> None:
         counts = self.quirks
