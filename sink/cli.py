@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--line-endings",
         choices=LINE_ENDING_POLICIES,
-        help="strict refuses messages with a bare CR or LF (default lenient)",
+        help="strict rejects messages with a bare CR or LF (default lenient)",
     )
     add("--require-helo", action="store_true", help="reply 503 to MAIL before HELO or EHLO")
     add(

@@ -44,7 +44,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class Config:
-    """Everything `sink serve` can be told."""
+    """Every setting of `sink serve`."""
 
     listen: list[str] = field(default_factory=lambda: ["127.0.0.1:2525"])
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)

@@ -287,7 +287,7 @@ def _spool_disk_bytes(directory: str | None) -> int:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Answers GET /metrics and GET /healthz for the master."""
+    """Handler of GET /metrics and GET /healthz for the master."""
 
     server_version = f"sink/{__version__}"
     master: Master
@@ -334,7 +334,7 @@ class MetricsEndpoint:
         return self.sock.fileno()
 
     def handle(self) -> None:
-        """Accept one pending connection and answer its request."""
+        """Accept one pending connection and serve its request."""
         try:
             connection, address = self.sock.accept()
         except (BlockingIOError, InterruptedError):

@@ -59,7 +59,7 @@ class WorkerProcess:
     index: int
     pid: int
     started: float
-    retiring: bool = False  # told to stop because of a reload
+    retiring: bool = False  # sent SIGTERM because of a reload
     term_sent_at: float | None = None
     missed_heartbeat: bool = False
 

@@ -5,9 +5,9 @@ writes its own spool segments. Once a second it beats its heartbeat in its share
 closes idle sessions, lets the spool rotate by age, and (with `fsync = interval`) syncs the spool
 in a background thread.
 
-Stopping (SIGTERM from the master): close the listeners, send 421 to idle sessions at once and to
-the others as soon as their transaction ends, wait up to the grace period, send 421 to whatever
-is left, seal the spool and exit 0.
+Stopping (SIGTERM from the master): close the listeners, and send 421 to idle sessions at once
+and to the others as soon as their transaction ends. After the grace period, send 421 to
+whatever is left, seal the spool and exit 0.
 """
 
 from __future__ import annotations
@@ -331,7 +331,7 @@ class Worker:
 
 
 def run_worker(config: Config, index: int, sockets: list[socket.socket], slot: memoryview) -> int:
-    """Run worker `index` until it is told to stop; return its exit code."""
+    """Run worker `index` until SIGTERM stops it; return its exit code."""
     try:
         worker = Worker(config, index, sockets, slot)
     except Exception:

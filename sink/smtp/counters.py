@@ -81,14 +81,14 @@ SIZE_BOUNDS = tuple(float(2**exponent) for exponent in range(9, 27))  # 512 B to
 
 
 class Histogram:
-    """Where one histogram lives in a slot, and how to add an observation to it."""
+    """The location of one histogram in a slot, with the method that records an observation."""
 
     __slots__ = ("base", "bounds", "scale", "sum_word", "end")
 
     def __init__(self, base: int, bounds: tuple[float, ...], scale: float) -> None:
         self.base = base
         self.bounds = bounds
-        self.scale = scale  # the sum word holds value * scale, as an integer
+        self.scale = scale  # the sum word contains value * scale, as an integer
         self.sum_word = base + len(bounds) + 1
         self.end = self.sum_word + 1
 
@@ -97,7 +97,7 @@ class Histogram:
         counters[self.sum_word] += int(value * self.scale)
 
     def count(self, words: memoryview | list[int]) -> int:
-        """Return how many observations the histogram holds in `words`."""
+        """Return the number of observations the histogram contains in `words`."""
         return sum(words[self.base : self.sum_word])
 
     def total(self, words: memoryview | list[int]) -> float:
@@ -125,5 +125,5 @@ assert HISTOGRAMS_END <= WORDS
 
 
 def private_counters() -> memoryview:
-    """Return a zeroed counter array that nobody else reads, for sessions outside a worker."""
+    """Return a zeroed, unshared counter array, for sessions that run outside a worker."""
     return memoryview(bytearray(WORDS * 8)).cast("Q")

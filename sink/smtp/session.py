@@ -9,7 +9,7 @@ again at the start of the buffer before the next read. The caller then sends `ou
 so the replies to a pipelined batch leave together, and closes the connection once `closing` is
 set and `out` is sent.
 
-The session never does IO and never raises on client input: every problem becomes a reply.
+The session does no IO, and client input never makes it raise: every problem becomes a reply.
 `State` names where the session is. Which verb is allowed in which state is the `_SEQUENCE`
 table; the handlers only carry out what the table allowed.
 """
@@ -59,7 +59,7 @@ _KNOWN_UNIMPLEMENTED = frozenset(
 
 
 class State(enum.IntEnum):
-    """Where a session is. Transactions run from MAIL to the end of DATA or of the last BDAT."""
+    """The stage of a session. A transaction runs from MAIL to the end of DATA or the last BDAT."""
 
     CONNECTED = 0  # greeting sent, no HELO or EHLO yet
     GREETED = 1  # HELO or EHLO accepted, no transaction
@@ -547,9 +547,12 @@ class Session:
     def _envelope(self) -> dict[str, Any]:
         reverse_path = self.reverse_path
         assert reverse_path is not None
-        protocol = "ESMTP" if self.esmtp else "SMTP" if self.helo is not None else None
-        if protocol == "ESMTP" and self.smtputf8:
-            protocol = "UTF8SMTP"
+        # Protocol names as in RFC 3848 and RFC 6531; None when the client never greeted.
+        protocol: str | None = None
+        if self.esmtp:
+            protocol = "UTF8SMTP" if self.smtputf8 else "ESMTP"
+        elif self.helo is not None:
+            protocol = "SMTP"
         return {
             "received": self.clock(),
             "worker": self.worker,
