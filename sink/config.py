@@ -38,6 +38,9 @@ _DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _QUANTITY = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
 
 
+MIN_HEARTBEAT_TIMEOUT = 3.0
+
+
 class ConfigError(ValueError):
     """An option has an invalid value; the message names the option and the value."""
 
@@ -83,6 +86,11 @@ class Config:
         for name in ("idle_timeout", "data_timeout", "segment_age", "fsync_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{_option(name)} must be positive, got {getattr(self, name)}")
+        if self.heartbeat_timeout < MIN_HEARTBEAT_TIMEOUT:
+            raise ConfigError(
+                f"--heartbeat-timeout must be at least {MIN_HEARTBEAT_TIMEOUT:.0f}s, because "
+                f"workers beat once a second; got {self.heartbeat_timeout}s"
+            )
         if self.segment_size < 4096:
             raise ConfigError(
                 f"--segment-size must be at least 4096 bytes, got {self.segment_size}"
@@ -96,8 +104,10 @@ class Config:
 
 def parse_size(text: str | int) -> int:
     """Parse an octet count such as `1000000`, `64MiB` or `10M`."""
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
         return text
+    if not isinstance(text, str):
+        raise ConfigError(f"invalid size {text!r}: use a whole number or a string like '10MiB'")
     match = _QUANTITY.fullmatch(text)
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _SIZE_UNITS:
@@ -107,8 +117,10 @@ def parse_size(text: str | int) -> int:
 
 def parse_duration(text: str | float) -> float:
     """Parse a duration in seconds such as `300`, `30s`, `5m` or `250ms`."""
-    if isinstance(text, int | float):
+    if isinstance(text, int | float) and not isinstance(text, bool):
         return float(text)
+    if not isinstance(text, str):
+        raise ConfigError(f"invalid duration {text!r}: use a number or a string like '30s'")
     match = _QUANTITY.fullmatch(text)
     unit = match.group(2).lower() if match else None
     if match is None or unit not in _DURATION_UNITS:
@@ -165,7 +177,10 @@ def read_file(path: str) -> dict[str, Any]:
 def _convert(name: str, value: Any) -> Any:
     converter = _CONVERTERS.get(name)
     if converter is not None:
-        return converter(value)
+        try:
+            return converter(value)
+        except ConfigError as error:
+            raise ConfigError(f"{_option(name)}: {error}") from None
     expected = _FIELDS[name].type
     if name in ("listen", "reject_rcpt"):
         if isinstance(value, str):

@@ -65,6 +65,8 @@ def test_file_then_command_line(tmp_path: Path) -> None:
         ("workers = 'two'\n", "--workers must be a whole number"),
         ("require-helo = 1\n", "--require-helo must be true or false"),
         ("fsync = 'sometimes'\n", "--fsync must be one of never, interval, always"),
+        ("max-message-size = 1.5\n", "--max-message-size: invalid size 1.5"),
+        ("idle-timeout = true\n", "--idle-timeout: invalid duration True"),
         ("listen = 5\n", "--listen must be a string or a list of strings"),
         ("nonsense = [\n", "cannot read configuration file"),
     ],

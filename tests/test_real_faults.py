@@ -120,7 +120,7 @@ def test_sigterm_under_load_drains(start_sink) -> None:  # type: ignore[no-untyp
 
 
 def test_stuck_worker_replaced(start_sink) -> None:  # type: ignore[no-untyped-def]
-    server = start_sink("--heartbeat-timeout", "2s", workers=1)
+    server = start_sink("--heartbeat-timeout", "3s", workers=1)
     [stuck] = server.worker_pids()
     os.kill(stuck, signal.SIGSTOP)
     try:

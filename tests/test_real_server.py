@@ -173,6 +173,8 @@ def test_large_message_memory_stays_flat(start_sink) -> None:  # type: ignore[no
         (["--max-message-size", "lots"], "invalid size 'lots'"),
         (["--fsync-interval", "soon"], "invalid duration 'soon'"),
         (["--workers", "0"], "--workers must be at least 1"),
+        (["--heartbeat-timeout", "1ms"], "--heartbeat-timeout must be at least 3s"),
+        (["--idle-timeout", "forever"], "--idle-timeout: invalid duration 'forever'"),
         (["--config", "/nonexistent/sink.toml"], "configuration file not found"),
         (["--listen", "127.0.0.1:99999"], "invalid port"),
         (["--listen", "nonsense"], "invalid listen address"),

@@ -179,7 +179,7 @@ def test_open_segment_of_dead_writer(tmp_path: Path) -> None:
     assert not segment.in_use
     assert segment.torn_offset == len(data)
     assert segment.torn_bytes == len(b"torn frame")
-    assert "run recovery" in segment.problems[0]
+    assert "starting the sink on this spool cuts it off" in segment.problems[0]
 
     recover_segments(spool)
     report = verify_spool(spool)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -102,12 +103,14 @@ class Master:
         bound = ", ".join(str(listeners.Address(*_host_port(s))) for s in self.sockets[0])
         spool = f"spool {os.path.abspath(self.config.spool)}" if self.config.spool else "no spool"
         log.info(
-            "sink listening on %s with %d workers, %s, fsync %s",
+            "sink listening on %s with %d worker%s, %s, fsync %s",
             bound,
             self.config.workers,
+            "" if self.config.workers == 1 else "s",
             spool,
             self.config.fsync,
         )
+        _raise_file_limit(self.config.max_sessions * self.config.workers)
         if self.config.metrics_listen:
             address = listeners.parse_address(self.config.metrics_listen)
             self.metrics = MetricsEndpoint(self, listeners.bind(address))
@@ -141,8 +144,8 @@ class Master:
 
         assert self.config.spool is not None
         os.makedirs(self.config.spool, exist_ok=True)
-        for result in recover_segments(self.config.spool):
-            log.info("recovered spool segment: %s", result)
+        # recover_segments logs each segment it repairs.
+        recover_segments(self.config.spool)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -294,6 +297,14 @@ class Master:
             code = os.WEXITSTATUS(status)
             how = f"exited with status {code}"
 
+        if code == EXIT_BOOT_ERROR and not self.stopping and not worker.retiring:
+            log.critical(
+                "worker %d (pid %d) could not start; stopping sink (see the error above)",
+                worker.index,
+                worker.pid,
+            )
+            self._fail()
+            return
         if worker.term_sent_at is not None and code == 0:
             log.info("worker %d (pid %d) stopped", worker.index, worker.pid)
         elif self.stopping:
@@ -313,12 +324,6 @@ class Master:
         else:
             self.restarts["exited"] += 1
 
-        if code == EXIT_BOOT_ERROR:
-            log.critical(
-                "worker %d could not start; stopping sink (see the error above)", worker.index
-            )
-            self._fail()
-            return
         if not beat:
             failures = self.boot_failures.get(worker.index, 0) + 1
             self.boot_failures[worker.index] = failures
@@ -410,6 +415,29 @@ class Master:
             )
             worker.term_sent_at = float("inf")
             _kill(worker.pid, signal.SIGKILL)
+
+
+def _raise_file_limit(wanted: int) -> None:
+    """Raise the soft limit on open files to the hard limit, and warn if sessions may not fit.
+
+    Workers inherit the limit. A worker out of file descriptors cannot accept a connection at
+    all, so the client sees a close without any reply.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as error:
+            log.warning("cannot raise the open file limit from %d to %d: %s", soft, hard, error)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "the open file limit is %d, below --max-sessions times --workers (%d); raise it "
+            "(ulimit -n) or lower --max-sessions, or connections past the limit are closed "
+            "without a reply",
+            soft,
+            wanted,
+        )
 
 
 def _kill(pid: int, sig: int) -> None:

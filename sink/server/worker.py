@@ -129,9 +129,9 @@ class Worker:
 
     def _open_store(self) -> Store:
         if not self.config.spool:
-            return DiscardStore()
-        for result in recover_segments(self.config.spool, worker=self.index):
-            log.info("worker %d recovered segment: %s", self.index, result)
+            return DiscardStore(self.index)
+        # recover_segments logs each segment it repairs, such as one a killed predecessor left.
+        recover_segments(self.config.spool, worker=self.index)
         return SpoolWriter(
             self.config.spool,
             self.index,
