@@ -9,6 +9,7 @@ from typing import Any
 from sink import __version__, logs
 from sink import config as config_module
 from sink.config import FSYNC_POLICIES, LINE_ENDING_POLICIES, LOG_FORMATS, LOG_LEVELS, ConfigError
+from sink.spool.tools.cli import add_spool_tools, run_spool_tool
 
 EXIT_USAGE = 2
 
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check every frame checksum and report torn or corrupt segments"
     )
     verify.add_argument("directory", metavar="DIR")
+    add_spool_tools(spool_commands)
     return parser
 
 
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(vars(args))
+    if args.spool_command != "verify":
+        return run_spool_tool(args)
     return _spool_verify(args.directory)
 
 

@@ -189,7 +189,9 @@ def _fill(report: SegmentReport, scanner: FrameScanner, assembler: RecordAssembl
             if report.in_use:
                 report.notes.append(f"incomplete frame, probably being written: {tail}")
             else:
-                report.problems.append(f"torn tail of {tail}; starting the sink on this spool cuts it off")
+                report.problems.append(
+                    f"torn tail of {tail}; starting the sink on this spool cuts it off"
+                )
         else:
             report.corruption_offset = scanner.end
             report.corruption = scanner.error
