@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:2525
 SPOOL ?= ./spool
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench load lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench,lint]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench,lint,load]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.bench
+
+load: $(STAMP)
+	$(BIN)/python -m loadtest.load
 
 lint: $(STAMP)
 	$(BIN)/ruff check sink tests loadtest
