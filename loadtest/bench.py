@@ -4,7 +4,8 @@ Postfix's smtp-source is the load for every server, with the same flags. Each ru
 fresh server on a free port of 127.0.0.1, sends a fixed number of messages and stops the
 server. Rounds are interleaved: every round runs each server once, in an order that rotates
 from round to round, and the report gives medians over the rounds. The results replace the
-marked section of docs/benchmarks.md.
+marked section of docs/benchmarks.md. The metrics-cost phase (loadtest/bench_metrics.py) writes
+to a marked section of its own, so a run of that phase alone keeps the other results.
 
 Run `python -m loadtest.bench --help` for the options.
 """
@@ -21,8 +22,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from loadtest import bench_proc, bench_report
+from loadtest import bench_metrics, bench_proc, bench_report
 from loadtest.bench_report import format_decimal, format_rate, format_ratio, median
 from loadtest.bench_servers import (
     PROJECT_ROOT,
@@ -30,6 +32,7 @@ from loadtest.bench_servers import (
     BenchError,
     LoadResult,
     RunningServer,
+    SinkSource,
     Variant,
     find_postfix_tool,
     measure_load,
@@ -91,7 +94,10 @@ SCENARIOS = (
 )
 SCENARIOS_BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 SCALING_SCENARIO = SCENARIOS_BY_NAME["persistent-1k"]
-PHASES = (*SCENARIOS_BY_NAME, "memory", "scaling")
+METRICS_COST = "metrics-cost"
+PHASES = (*SCENARIOS_BY_NAME, "memory", "scaling", METRICS_COST)
+
+T = TypeVar("T")
 
 
 def parse_names(text: str, allowed: tuple[str, ...], kind: str) -> list[str]:
@@ -142,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
             for scenario in SCENARIOS
         )
         + "; memory (RSS per idle session after EHLO); scaling (the sink with "
-        "--scaling-workers on persistent-1k, spool off).",
+        "--scaling-workers on persistent-1k, spool off); metrics-cost (the sink against "
+        "--metrics-baseline, a commit without metrics, on persistent-1k, spool off, and the "
+        "SMTP session alone).",
     )
     add = parser.add_argument
     add(
@@ -187,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N,N,...",
         default=list(DEFAULT_SCALING_WORKERS),
         help="sink worker counts of the scaling phase (default 1,2,4)",
+    )
+    add(
+        "--metrics-baseline",
+        default=bench_metrics.DEFAULT_BASELINE,
+        metavar="REF",
+        help="git commit without the metrics instrumentation that the metrics-cost phase "
+        f"compares the sink with (default {bench_metrics.DEFAULT_BASELINE})",
     )
     add(
         "--sessions",
@@ -235,6 +250,7 @@ class Settings:
     servers: list[str]
     workers: int
     scaling_workers: list[int]
+    metrics_baseline: str
     sessions: int
     run_timeout: float
     spool_parent: str | None
@@ -255,6 +271,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         servers=list(dict.fromkeys(args.servers or SERVER_NAMES)),
         workers=args.workers,
         scaling_workers=args.scaling_workers,
+        metrics_baseline=args.metrics_baseline,
         sessions=args.sessions or (QUICK_SESSIONS if args.quick else DEFAULT_SESSIONS),
         run_timeout=args.run_timeout,
         spool_parent=args.spool_parent,
@@ -266,7 +283,7 @@ def scaled(count: int, scale: float) -> int:
     return max(1, round(count * scale))
 
 
-def rotated(items: list[Variant], shift: int) -> list[Variant]:
+def rotated(items: list[T], shift: int) -> list[T]:
     """Return `items` rotated left by `shift`, so each round starts with a different server."""
     if not items:
         return []
@@ -281,12 +298,19 @@ def log(message: str) -> None:
 def run_once(variant: Variant, flags: list[str], messages: int, settings: Settings) -> LoadResult:
     """Start `variant`, run one smtp-source load against it and stop it.
 
-    With a spool, also check that the stopped sink's spool contains one record per message.
+    With metrics, also check that the sink counted every message as accepted, and with a spool,
+    that the stopped sink's spool contains one record per message.
     """
     server = RunningServer(variant, spool_parent=settings.spool_parent)
     try:
         server.wait_ready()
         result = measure_load(server, flags, messages, settings.run_timeout)
+        accepted = server.accepted_messages_metric()
+        if accepted is not None and accepted != messages:
+            raise BenchError(
+                f"{variant.label} accepted {messages} messages, but its metrics count "
+                f"{accepted:.0f}"
+            )
         status = server.stop()
         if variant.server == "sink" and status != 0:
             log(
@@ -522,7 +546,7 @@ def settings_text(settings: Settings) -> str:
         if scenario.name in settings.phases
     )
     parts = []
-    if set(settings.phases) - {"memory"}:
+    if set(settings.phases) - {"memory", METRICS_COST}:
         parts.append(plural(settings.rounds, "round"))
     if "sink" in settings.servers:
         parts.append(f"sink workers {settings.workers}")
@@ -552,7 +576,17 @@ after it. Values are medians over the rounds, and the range gives the lowest and
 of the rounds. The ratio to smtp-sink is the median of the per-round ratios, so it may differ
 from the ratio of the two medians shown. The spool-on sink uses `--spool DIR --fsync interval`
 on a temporary directory, and after each such run the benchmark checks that the spool contains
-one record per message. smtp-source and the servers share the machine's cores."""
+one record per message. The sink serves its metrics on a free port, and after each run the
+benchmark checks that it counted every message as accepted. smtp-source and the servers share
+the machine's cores."""
+
+
+def header_sections(argv: list[str], started: datetime.datetime) -> list[str]:
+    """Return the paragraphs that open a results section: when, by which command, where."""
+    return [
+        f"Measured on {started:%Y-%m-%d %H:%M} UTC by\n\n    {command_line(argv)}\n",
+        f"Machine: {bench_report.machine_description()}.\n",
+    ]
 
 
 def report_text(
@@ -564,8 +598,7 @@ def report_text(
     scaling: dict[Variant, list[LoadResult]],
 ) -> str:
     sections = [
-        f"Measured on {started:%Y-%m-%d %H:%M} UTC by\n\n    {command_line(argv)}\n",
-        f"Machine: {bench_report.machine_description()}.\n",
+        *header_sections(argv, started),
         f"Settings: {settings_text(settings)}.\n",
     ]
     if throughput:
@@ -599,12 +632,71 @@ def report_text(
     return "## Results\n\n" + "\n".join(sections)
 
 
+def run_metrics_cost(settings: Settings, commit: str) -> bench_metrics.MetricsCostResult:
+    """Run the metrics-cost phase against `commit`, in a worktree removed at the end."""
+    current = SinkSource("current", PROJECT_ROOT, metrics=True)
+    current_description = bench_metrics.describe_checkout(PROJECT_ROOT)
+    short = bench_metrics.run_git(PROJECT_ROOT, "rev-parse", "--short", commit)
+    with bench_metrics.baseline_worktree(PROJECT_ROOT, commit) as tree:
+        log(f"{METRICS_COST}: baseline {short} checked out in {tree}")
+        baseline = SinkSource(short, tree, metrics=False)
+        for source in (current, baseline):
+            bench_metrics.verify_source(source, settings.run_timeout)
+        variants = [
+            Variant("sink", False, settings.workers, source) for source in (current, baseline)
+        ]
+        messages = scaled(bench_metrics.MESSAGES, settings.scale)
+        results = run_rounds(METRICS_COST, list(bench_metrics.FLAGS), messages, variants, settings)
+        session_messages = scaled(bench_metrics.SESSION_MESSAGES, settings.scale)
+        sessions = bench_metrics.time_sessions(
+            [current, baseline],
+            bench_metrics.SESSION_ROUNDS,
+            session_messages,
+            settings.run_timeout,
+        )
+    return bench_metrics.MetricsCostResult(
+        current=current,
+        baseline=baseline,
+        baseline_commit=commit,
+        current_description=current_description,
+        workers=settings.workers,
+        messages=messages,
+        throughput={variant.source: runs for variant, runs in results.items() if variant.source},
+        sessions=sessions,
+        session_messages=session_messages,
+    )
+
+
+def metrics_cost_text(
+    settings: Settings,
+    argv: list[str],
+    started: datetime.datetime,
+    result: bench_metrics.MetricsCostResult,
+) -> str:
+    header = "\n".join(
+        [
+            *header_sections(argv, started),
+            f"Settings: {plural(settings.rounds, 'round')}; sink workers {settings.workers}; "
+            f"{result.messages} messages per run; session timing "
+            f"{result.session_messages} messages per run.\n",
+        ]
+    )
+    return bench_metrics.report_section(result, header)
+
+
 def run(settings: Settings, argv: list[str]) -> int:
     started = datetime.datetime.now(datetime.UTC)
     find_postfix_tool("smtp-source")
     if "smtp-sink" in settings.servers:
         find_postfix_tool("smtp-sink")
     raise_open_file_limit()
+
+    # Resolve the baseline first, so that a bad --metrics-baseline fails before the long phases.
+    metrics_cost = METRICS_COST in settings.phases and "sink" in settings.servers
+    if METRICS_COST in settings.phases and not metrics_cost:
+        log(f"bench: skipping {METRICS_COST}, which runs only the sink")
+    if metrics_cost:
+        baseline_commit = bench_metrics.resolve_commit(PROJECT_ROOT, settings.metrics_baseline)
 
     throughput: list[list[str]] = []
     for scenario in SCENARIOS:
@@ -644,11 +736,25 @@ def run(settings: Settings, argv: list[str]) -> int:
             settings,
         )
 
-    text = report_text(settings, argv, started, throughput, memory, scaling)
-    print(text)
-    if settings.output is not None:
-        bench_report.write_results(settings.output, text)
-        log(f"wrote the results to {settings.output}")
+    if [phase for phase in settings.phases if phase != METRICS_COST]:
+        text = report_text(settings, argv, started, throughput, memory, scaling)
+        print(text)
+        if settings.output is not None:
+            bench_report.write_results(settings.output, text)
+            log(f"wrote the results to {settings.output}")
+
+    if metrics_cost:
+        result = run_metrics_cost(settings, baseline_commit)
+        text = metrics_cost_text(settings, argv, started, result)
+        print(text)
+        if settings.output is not None:
+            bench_report.write_results(
+                settings.output,
+                text,
+                bench_report.METRICS_COST_BEGIN_MARKER,
+                bench_report.METRICS_COST_END_MARKER,
+            )
+            log(f"wrote the {METRICS_COST} results to {settings.output}")
     failed = [variant.label for variant, result in memory.items() if isinstance(result, BenchError)]
     if failed:
         log(f"bench: the memory measurement failed for {', '.join(failed)}; see above")

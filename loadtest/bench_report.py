@@ -11,6 +11,10 @@ from pathlib import Path
 
 BEGIN_MARKER = "<!-- bench:begin -->"
 END_MARKER = "<!-- bench:end -->"
+# The metrics-cost phase writes its results between markers of its own, so that a run of that
+# phase alone keeps the other phases' results, and the other way round.
+METRICS_COST_BEGIN_MARKER = "<!-- bench:metrics-cost:begin -->"
+METRICS_COST_END_MARKER = "<!-- bench:metrics-cost:end -->"
 
 DOCS_INTRO = """# Benchmarks
 
@@ -87,15 +91,17 @@ def markdown_table(
     return "\n".join([line(headers), line(rule), *(line(row) for row in rows)])
 
 
-def replace_marked_section(text: str, section: str) -> str:
-    """Put `section` between the bench markers of `text`, keeping everything outside them.
+def replace_marked_section(
+    text: str, section: str, begin_marker: str = BEGIN_MARKER, end_marker: str = END_MARKER
+) -> str:
+    """Put `section` between the two markers in `text`, keeping everything outside them.
 
-    Text without markers gets them appended at the end. Raises ValueError when only one marker
-    is present or the end marker comes first, rather than guess which text to drop.
+    Text without the markers gets them appended at the end. Raises ValueError when only one
+    marker is present or the end marker comes first, rather than guess which text to drop.
     """
-    begin = text.find(BEGIN_MARKER)
-    end = text.find(END_MARKER)
-    block = f"{BEGIN_MARKER}\n{section.strip()}\n{END_MARKER}"
+    begin = text.find(begin_marker)
+    end = text.find(end_marker)
+    block = f"{begin_marker}\n{section.strip()}\n{end_marker}"
     if begin == -1 and end == -1:
         separator = (
             "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
@@ -103,15 +109,17 @@ def replace_marked_section(text: str, section: str) -> str:
         return f"{text}{separator}{block}\n"
     if begin == -1 or end == -1 or end < begin:
         raise ValueError(
-            f"expected {BEGIN_MARKER} followed by {END_MARKER}; fix the markers by hand"
+            f"expected {begin_marker} followed by {end_marker}; fix the markers by hand"
         )
-    return text[:begin] + block + text[end + len(END_MARKER) :]
+    return text[:begin] + block + text[end + len(end_marker) :]
 
 
-def write_results(path: Path, section: str) -> None:
+def write_results(
+    path: Path, section: str, begin_marker: str = BEGIN_MARKER, end_marker: str = END_MARKER
+) -> None:
     """Replace the marked section of the Markdown file at `path`, creating the file if missing."""
     text = path.read_text() if path.exists() else DOCS_INTRO
-    updated = replace_marked_section(text, section)
+    updated = replace_marked_section(text, section, begin_marker, end_marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(updated)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,9 @@ STOP_TIMEOUT = 20.0
 STDERR_LINES = 40
 
 SERVER_NAMES = ("sink", "smtp-sink", "aiosmtpd")
+
+# The sink's counter of accepted messages, as docs/metrics.md names it.
+ACCEPTED_MESSAGES_SAMPLE = 'smtp_sink_messages_total{outcome="accepted"}'
 
 
 class BenchError(RuntimeError):
@@ -71,13 +75,40 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def free_port_except(taken: int) -> int:
+    """Return a free TCP port on 127.0.0.1 other than `taken`."""
+    while True:
+        port = free_port()
+        if port != taken:
+            return port
+
+
+@dataclass(frozen=True)
+class SinkSource:
+    """A source tree whose `sink` package runs with `python -m sink`, in place of the installed
+    `sink` command.
+
+    The process starts in `root` with PYTHONPATH set to `root`, so `import sink` finds the tree's
+    package before the editable install of the checkout. `metrics` is True when that code has
+    the `--metrics-listen` option.
+    """
+
+    name: str
+    root: Path
+    metrics: bool
+
+
 @dataclass(frozen=True)
 class Variant:
-    """One server configuration under test."""
+    """One server configuration under test.
+
+    `source` is None for the installed `sink` command, which exports metrics.
+    """
 
     server: str
     spool: bool = False
     workers: int | None = None
+    source: SinkSource | None = None
 
     @property
     def label(self) -> str:
@@ -86,21 +117,39 @@ class Variant:
         parts = ["spool on" if self.spool else "spool off"]
         if self.workers is not None:
             parts.append(f"{self.workers} worker" + ("" if self.workers == 1 else "s"))
-        return "sink, " + ", ".join(parts)
+        name = "sink" if self.source is None else f"sink {self.source.name}"
+        return f"{name}, " + ", ".join(parts)
+
+    @property
+    def exports_metrics(self) -> bool:
+        """Whether the server takes --metrics-listen and serves /metrics."""
+        return self.server == "sink" and (self.source is None or self.source.metrics)
+
+
+def source_environment(source: SinkSource) -> dict[str, str]:
+    """Return the environment that makes `python -m sink` import the package of `source`."""
+    return {**os.environ, "PYTHONPATH": str(source.root)}
 
 
 def server_command(
-    variant: Variant, port: int, spool_dir: str | None, max_connections: int
+    variant: Variant,
+    port: int,
+    spool_dir: str | None,
+    max_connections: int,
+    metrics_port: int | None = None,
 ) -> list[str]:
     """Build the command line that starts `variant` on 127.0.0.1:`port`.
 
     `max_connections` sets smtp-sink's -m limit on simultaneous connections (default 256);
-    connections beyond it wait in the listen queue without a greeting.
+    connections beyond it wait in the listen queue without a greeting. `metrics_port` is the
+    sink's /metrics port on 127.0.0.1, passed explicitly because the default port 9325 may be
+    taken by another sink on the machine.
     """
     listen = f"127.0.0.1:{port}"
     if variant.server == "sink":
+        program = [find_sink()] if variant.source is None else [sys.executable, "-m", "sink"]
         command = [
-            find_sink(),
+            *program,
             "serve",
             "--listen",
             listen,
@@ -114,6 +163,8 @@ def server_command(
             command += ["--spool", str(spool_dir), "--fsync", "interval"]
         else:
             command.append("--no-spool")
+        if metrics_port is not None:
+            command += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
         return command
     if variant.server == "smtp-sink":
         command = [find_postfix_tool("smtp-sink"), "-m", str(max_connections)]
@@ -142,6 +193,16 @@ def read_greeting(port: int, timeout: float) -> bytes:
         return data.split(b"\n", 1)[0]
 
 
+def metric_sample(text: str, sample: str) -> float | None:
+    """Return the value of `sample` (name and labels, as written) in a Prometheus text
+    exposition, or None when no line has it. A timestamp after the value is ignored."""
+    prefix = sample + " "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :].split()[0])
+    return None
+
+
 def describe_status(status: int) -> str:
     """Describe a Popen return code: "status 1", or "signal SIGTERM" for a negative code."""
     if status < 0:
@@ -160,16 +221,21 @@ class RunningServer:
     ) -> None:
         self.variant = variant
         self.port = free_port()
+        self.metrics_port = free_port_except(self.port) if variant.exports_metrics else None
         self.spool_dir = (
             tempfile.mkdtemp(prefix="sink-bench-spool-", dir=spool_parent)
             if variant.spool
             else None
         )
         self.stderr = tempfile.TemporaryFile()
-        command = server_command(variant, self.port, self.spool_dir, max_connections)
+        command = server_command(
+            variant, self.port, self.spool_dir, max_connections, self.metrics_port
+        )
+        source = variant.source
         self.process = subprocess.Popen(
             command,
-            cwd=PROJECT_ROOT,
+            cwd=PROJECT_ROOT if source is None else source.root,
+            env=None if source is None else source_environment(source),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self.stderr,
@@ -269,6 +335,27 @@ class RunningServer:
             shutil.rmtree(self.spool_dir, ignore_errors=True)
             self.spool_dir = None
         self.stderr.close()
+
+    def accepted_messages_metric(self) -> float | None:
+        """Scrape /metrics and return smtp_sink_messages_total{outcome="accepted"}.
+
+        Returns None for a server without metrics. Raises BenchError when the scrape fails or
+        the sample is missing.
+        """
+        if self.metrics_port is None:
+            return None
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+        except OSError as error:
+            raise BenchError(f"scraping {url} of {self.variant.label} failed: {error}") from None
+        value = metric_sample(text, ACCEPTED_MESSAGES_SAMPLE)
+        if value is None:
+            raise BenchError(
+                f"{url} of {self.variant.label} has no sample {ACCEPTED_MESSAGES_SAMPLE}"
+            )
+        return value
 
     def count_spool_records(self) -> int | None:
         """Return the committed records in the spool, or None without a spool.

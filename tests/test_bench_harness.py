@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,9 +19,21 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from loadtest import bench, bench_proc, bench_report, bench_servers  # noqa: E402
-from loadtest.bench_report import BEGIN_MARKER, END_MARKER  # noqa: E402
-from loadtest.bench_servers import BenchError, LoadResult, Variant  # noqa: E402
+from loadtest import (  # noqa: E402
+    bench,
+    bench_metrics,
+    bench_proc,
+    bench_report,
+    bench_servers,
+    bench_session_timing,
+)
+from loadtest.bench_report import (  # noqa: E402
+    BEGIN_MARKER,
+    END_MARKER,
+    METRICS_COST_BEGIN_MARKER,
+    METRICS_COST_END_MARKER,
+)
+from loadtest.bench_servers import BenchError, LoadResult, SinkSource, Variant  # noqa: E402
 
 
 def test_median_odd_and_even() -> None:
@@ -117,6 +130,35 @@ def test_write_results_keeps_outside_text(tmp_path: Path) -> None:
     )
 
 
+def test_metrics_cost_markers_keep_main_section(tmp_path: Path) -> None:
+    path = tmp_path / "benchmarks.md"
+    path.write_text(
+        f"Intro.\n\n{BEGIN_MARKER}\nmain\n{END_MARKER}\n\n"
+        f"{METRICS_COST_BEGIN_MARKER}\nold cost\n{METRICS_COST_END_MARKER}\n\nNotes.\n"
+    )
+    bench_report.write_results(path, "new cost", METRICS_COST_BEGIN_MARKER, METRICS_COST_END_MARKER)
+    bench_report.write_results(path, "new main")
+    assert path.read_text() == (
+        f"Intro.\n\n{BEGIN_MARKER}\nnew main\n{END_MARKER}\n\n"
+        f"{METRICS_COST_BEGIN_MARKER}\nnew cost\n{METRICS_COST_END_MARKER}\n\nNotes.\n"
+    )
+
+
+def test_metrics_cost_markers_appended_when_missing() -> None:
+    text = f"{BEGIN_MARKER}\nmain\n{END_MARKER}\n"
+    updated = bench_report.replace_marked_section(
+        text, "cost", METRICS_COST_BEGIN_MARKER, METRICS_COST_END_MARKER
+    )
+    assert updated == f"{text}\n{METRICS_COST_BEGIN_MARKER}\ncost\n{METRICS_COST_END_MARKER}\n"
+
+
+def test_docs_have_both_marker_pairs() -> None:
+    text = (PROJECT_ROOT / "docs" / "benchmarks.md").read_text()
+    for marker in (BEGIN_MARKER, END_MARKER, METRICS_COST_BEGIN_MARKER, METRICS_COST_END_MARKER):
+        assert text.count(marker) == 1, marker
+    assert text.index(END_MARKER) < text.index(METRICS_COST_BEGIN_MARKER)
+
+
 def test_filesystem_type_of_proc() -> None:
     assert bench_report.filesystem_type("/proc/self") == "proc"
 
@@ -180,6 +222,49 @@ def test_variant_labels() -> None:
     assert Variant("sink", spool=False, workers=2).label == "sink, spool off, 2 workers"
     assert Variant("sink", spool=True, workers=1).label == "sink, spool on, 1 worker"
     assert Variant("smtp-sink").label == "smtp-sink"
+
+
+def test_variant_label_and_metrics_of_source(tmp_path: Path) -> None:
+    baseline = SinkSource("3bbff3c", tmp_path, metrics=False)
+    current = SinkSource("current", PROJECT_ROOT, metrics=True)
+    assert Variant("sink", False, 2, baseline).label == "sink 3bbff3c, spool off, 2 workers"
+    assert not Variant("sink", False, 2, baseline).exports_metrics
+    assert Variant("sink", False, 2, current).exports_metrics
+    assert Variant("sink").exports_metrics
+    assert not Variant("smtp-sink").exports_metrics
+
+
+def test_server_command_of_source_tree(tmp_path: Path) -> None:
+    source = SinkSource("3bbff3c", tmp_path, metrics=False)
+    command = bench_servers.server_command(Variant("sink", False, 2, source), 2525, None, 256)
+    assert command[:4] == [sys.executable, "-m", "sink", "serve"]
+    assert "--metrics-listen" not in command
+    assert command[command.index("--workers") + 1] == "2"
+    assert bench_servers.source_environment(source)["PYTHONPATH"] == str(tmp_path)
+
+
+def test_server_command_passes_metrics_port() -> None:
+    command = bench_servers.server_command(Variant("sink", False, 1), 2525, None, 256, 9999)
+    assert command[command.index("--metrics-listen") + 1] == "127.0.0.1:9999"
+    assert command[command.index("--listen") + 1] == "127.0.0.1:2525"
+
+
+def test_free_port_except_differs() -> None:
+    taken = bench_servers.free_port()
+    assert bench_servers.free_port_except(taken) != taken
+
+
+def test_metric_sample_by_labels() -> None:
+    text = (
+        "# TYPE smtp_sink_messages_total counter\n"
+        'smtp_sink_messages_total{outcome="refused"} 3.0\n'
+        'smtp_sink_messages_total{outcome="accepted"} 50000.0\n'
+        'smtp_sink_recipients_total{outcome="accepted"} 7.0 1700000000000\n'
+    )
+    assert bench_servers.metric_sample(text, bench_servers.ACCEPTED_MESSAGES_SAMPLE) == 50000.0
+    sample = 'smtp_sink_recipients_total{outcome="accepted"}'
+    assert bench_servers.metric_sample(text, sample) == 7.0
+    assert bench_servers.metric_sample(text, "smtp_sink_messages_total") is None
 
 
 def test_load_result_rates() -> None:
@@ -257,6 +342,16 @@ def test_settings_default_writes_docs() -> None:
     assert settings.output == PROJECT_ROOT / "docs" / "benchmarks.md"
     assert settings.rounds == bench.DEFAULT_ROUNDS
     assert settings.phases == list(bench.PHASES)
+
+
+def test_settings_metrics_baseline() -> None:
+    default = bench.resolve_settings(bench.build_parser().parse_args([]))
+    assert default.metrics_baseline == "3bbff3c"
+    assert "metrics-cost" in default.phases
+    args = bench.build_parser().parse_args(["--only", "metrics-cost", "--metrics-baseline", "v0.1"])
+    settings = bench.resolve_settings(args)
+    assert settings.phases == ["metrics-cost"]
+    assert settings.metrics_baseline == "v0.1"
 
 
 def test_settings_only_and_servers_lists() -> None:
@@ -360,3 +455,280 @@ def test_quick_run_against_smtp_sink_and_aiosmtpd() -> None:
     assert f"round 1/1 persistent-1k smtp-sink: {messages} messages" in completed.stderr
     docs_after = docs.read_bytes() if docs.exists() else None
     assert docs_after == docs_before
+
+
+# --- the metrics-cost phase -----------------------------------------------------------------
+
+
+def cost_runs(*walls: float, cpu: float = 0.05) -> list[LoadResult]:
+    """Return runs of 1000 messages with the given wall times and `cpu` seconds each."""
+    return [LoadResult(1000, 1024, wall, cpu) for wall in walls]
+
+
+def test_summarize_pairs_rounds() -> None:
+    # Per-round msg/s ratios are 1.0, 0.5 and 0.98, so their median is 0.98.
+    summary = bench_metrics.summarize(
+        cost_runs(1.0, 2.0, 1.0, cpu=0.06), cost_runs(1.0, 1.0, 0.98, cpu=0.05)
+    )
+    assert summary.ratios == pytest.approx((1.0, 0.5, 0.98))
+    assert summary.ratio == pytest.approx(0.98)
+    assert summary.current_cpu == pytest.approx(60.0)
+    assert summary.cpu_difference == pytest.approx(10.0)
+    assert summary.rounds_over_budget(0.03) == 1
+
+
+def test_summarize_rejects_unpaired_runs() -> None:
+    with pytest.raises(ValueError):
+        bench_metrics.summarize(cost_runs(1.0), cost_runs(1.0, 1.0))
+    with pytest.raises(ValueError):
+        bench_metrics.summarize([], [])
+
+
+def test_judge_budget_needs_agreeing_rounds() -> None:
+    met = bench_metrics.CostSummary(ratios=(0.985, 0.975, 1.0), current_cpu=1, baseline_cpu=1)
+    assert bench_metrics.judge_budget(met, 0.03) == (
+        "met, 0 of 3 rounds over the 3% budget; the median is 1.5% slower with metrics"
+    )
+    missed = bench_metrics.CostSummary(ratios=(0.95, 0.9), current_cpu=1, baseline_cpu=1)
+    assert bench_metrics.judge_budget(missed, 0.03).startswith("missed, 2 of 2 rounds over")
+    # A median within the budget does not count as met while some rounds are over it.
+    mixed = bench_metrics.CostSummary(ratios=(1.2, 0.9, 1.1), current_cpu=1, baseline_cpu=1)
+    assert bench_metrics.judge_budget(mixed, 0.03) == (
+        "inconclusive, 1 of 3 rounds over the 3% budget; the median is 10.0% faster with metrics"
+    )
+    edge = bench_metrics.CostSummary(ratios=(0.97,), current_cpu=1, baseline_cpu=1)
+    assert bench_metrics.judge_budget(edge, 0.03).startswith("met, 0 of 1 rounds")
+
+
+def test_estimated_drop_from_extra_cpu() -> None:
+    # 2 µs more on 48 µs: the rate falls to 48/50 of the baseline, a drop of 4%.
+    assert bench_metrics.estimated_drop(2.0, 48.0) == pytest.approx(0.04)
+    text = bench_metrics.describe_session_estimate(2.0, 48.0, "3bbff3c")
+    assert "adds +4.2% to the 3bbff3c sink's CPU per message" in text
+    assert "estimated msg/s drop of 4.0%" in text
+    assert text.endswith("over the 3% budget.")
+    assert "within the 3% budget" in bench_metrics.describe_session_estimate(1.0, 48.0, "x")
+    assert "predicts no drop" in bench_metrics.describe_session_estimate(-0.1, 48.0, "x")
+
+
+def test_describe_rate_change() -> None:
+    assert bench_metrics.describe_rate_change(0.985) == "1.5% slower"
+    assert bench_metrics.describe_rate_change(1.004) == "0.4% faster"
+    assert bench_metrics.describe_rate_change(1.0004) == "no change"
+
+
+def test_format_difference_signs() -> None:
+    assert bench_metrics.format_change(0.0172) == "+1.7%"
+    assert bench_metrics.format_change(-0.004) == "-0.4%"
+    assert bench_metrics.format_difference(49.6, 48.8) == "+0.80 µs (+1.6%)"
+    assert bench_metrics.format_difference(10.0, 12.5) == "-2.50 µs (-20.0%)"
+
+
+def test_is_inside_resolves_paths(tmp_path: Path) -> None:
+    assert bench_metrics.is_inside(tmp_path / "sink" / "__init__.py", tmp_path)
+    assert bench_metrics.is_inside(tmp_path / "sink" / ".." / "x", tmp_path)
+    assert not bench_metrics.is_inside(tmp_path / ".." / "elsewhere", tmp_path)
+
+
+def timing_output(sink_file: str) -> str:
+    feeds = {"pipelined": 12.5, "lock-step": 14.0}
+    return json.dumps({"sink": sink_file, "messages": 10, "microseconds_per_message": feeds})
+
+
+def test_parse_session_timing(tmp_path: Path) -> None:
+    source = SinkSource("3bbff3c", tmp_path, metrics=False)
+    output = timing_output(str(tmp_path / "sink" / "__init__.py"))
+    assert bench_metrics.parse_session_timing(output, source) == {
+        "pipelined": 12.5,
+        "lock-step": 14.0,
+    }
+
+
+def test_parse_session_timing_rejects_other_tree(tmp_path: Path) -> None:
+    source = SinkSource("3bbff3c", tmp_path, metrics=False)
+    with pytest.raises(BenchError, match="outside"):
+        bench_metrics.parse_session_timing(timing_output("/elsewhere/sink/__init__.py"), source)
+    with pytest.raises(BenchError, match="unexpected output"):
+        bench_metrics.parse_session_timing("Traceback ...", source)
+    with pytest.raises(BenchError, match="unexpected output"):
+        bench_metrics.parse_session_timing('{"sink": "x"}', source)
+
+
+def test_session_table_takes_best_round() -> None:
+    table = bench_metrics.session_table(
+        {"pipelined": [11.0, 10.0], "lock-step": [12.0, 13.0]},
+        {"pipelined": [9.0, 8.0], "lock-step": [12.0, 15.0]},
+        "3bbff3c",
+    )
+    lines = table.splitlines()
+    assert "3bbff3c µs/msg" in lines[0]
+    assert [cell.strip() for cell in lines[2].strip("|").split("|")] == [
+        "pipelined, 64 KiB reads",
+        "8.00",
+        "10.00",
+        "+2.00 µs (+25.0%)",
+    ]
+    assert lines[3].endswith(" +0.00 µs (+0.0%) |")
+
+
+def test_report_section_states_verdict(tmp_path: Path) -> None:
+    current = SinkSource("current", PROJECT_ROOT, metrics=True)
+    baseline = SinkSource("3bbff3c", tmp_path, metrics=False)
+    timings = {"pipelined": [10.0], "lock-step": [11.0]}
+    result = bench_metrics.MetricsCostResult(
+        current=current,
+        baseline=baseline,
+        baseline_commit="3bbff3c" + "0" * 33,
+        current_description="abc1234",
+        workers=2,
+        messages=1000,
+        throughput={current: cost_runs(1.0, 1.0), baseline: cost_runs(0.9, 1.0)},
+        sessions={current: timings, baseline: timings},
+        session_messages=20_000,
+    )
+    text = bench_metrics.report_section(result, "Measured now.\n")
+    assert text.startswith("## Metrics cost\n\nMeasured now.\n\nCompared: the current sink")
+    assert "| current, metrics on | 1,000 |" in text
+    assert "| 3bbff3c, no metrics | 1,056 |" in text
+    # The ratios are 0.9 and 1.0, so the median is 0.95, a drop of 5%.
+    assert "inconclusive, 1 of 2 rounds over the 3% budget; the median is 5.0% slower" in (
+        " ".join(text.split())
+    )
+    assert "predicts no drop" in text
+    assert max(len(line) for line in text.splitlines() if not line.startswith("|")) <= 96
+
+
+def test_session_timing_reads_cover_transactions() -> None:
+    assert len(bench_session_timing.CONTENT) == 1000
+    for make_reads in bench_session_timing.FEEDS.values():
+        reads = make_reads(3)
+        assert b"".join(reads) == bench_session_timing.TRANSACTION * 3
+    assert len(bench_session_timing.lock_step_reads(2)) == 8
+    assert max(len(read) for read in bench_session_timing.pipelined_reads(200)) == 65536
+
+
+def test_session_timing_feed_accepts_every_message() -> None:
+    session = bench_session_timing.new_session()
+    sent = bench_session_timing.feed(session, bench_session_timing.pipelined_reads(100))
+    bench_session_timing.check_replies(sent, 100)
+    with pytest.raises(RuntimeError, match="unexpected replies"):
+        bench_session_timing.check_replies(sent, 99)
+
+
+def test_session_timing_script_output(tmp_path: Path) -> None:
+    source = SinkSource("current", PROJECT_ROOT, metrics=True)
+    output = bench_metrics.run_python(
+        source,
+        [str(bench_metrics.SESSION_SCRIPT), "--messages", "50", "--warm-up", "10"],
+        timeout=60,
+    )
+    timings = bench_metrics.parse_session_timing(output, source)
+    assert set(timings) == set(bench_metrics.SESSION_FEEDS)
+    assert all(value > 0 for value in timings.values())
+
+
+def fake_sink_tree(root: Path, help_text: str) -> Path:
+    """Create a `sink` package whose `python -m sink` prints `help_text`."""
+    package = root / "sink"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(f"print({help_text!r})\n")
+    return root
+
+
+def test_verify_source_rejects_baseline_with_metrics(tmp_path: Path) -> None:
+    tree = fake_sink_tree(tmp_path, "usage: sink serve [--metrics-listen HOST:PORT]")
+    with pytest.raises(BenchError, match="already has the --metrics-listen option"):
+        bench_metrics.verify_source(SinkSource("fake", tree, metrics=False), timeout=60)
+    bench_metrics.verify_source(SinkSource("fake", tree, metrics=True), timeout=60)
+
+
+def test_verify_source_rejects_current_without_metrics(tmp_path: Path) -> None:
+    tree = fake_sink_tree(tmp_path, "usage: sink serve [--listen HOST:PORT]")
+    with pytest.raises(BenchError, match="has no --metrics-listen option"):
+        bench_metrics.verify_source(SinkSource("fake", tree, metrics=True), timeout=60)
+    bench_metrics.verify_source(SinkSource("fake", tree, metrics=False), timeout=60)
+
+
+def test_verify_source_rejects_tree_without_package(tmp_path: Path) -> None:
+    # Without a `sink` package in the tree, Python falls back to the installed checkout.
+    with pytest.raises(BenchError, match="should come from"):
+        bench_metrics.verify_source(SinkSource("empty", tmp_path, metrics=False), timeout=60)
+
+
+def require_git_checkout() -> None:
+    if shutil.which("git") is None or not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("the project is not a git checkout, or git is missing")
+
+
+def test_resolve_commit_rejects_unknown_ref() -> None:
+    require_git_checkout()
+    with pytest.raises(BenchError, match="invalid --metrics-baseline 'no-such-ref'"):
+        bench_metrics.resolve_commit(PROJECT_ROOT, "no-such-ref")
+    assert len(bench_metrics.resolve_commit(PROJECT_ROOT, "HEAD")) == 40
+
+
+def worktree_paths() -> list[str]:
+    listing = bench_metrics.run_git(PROJECT_ROOT, "worktree", "list", "--porcelain")
+    return [line.split(" ", 1)[1] for line in listing.splitlines() if line.startswith("worktree ")]
+
+
+def test_baseline_worktree_removed_after_error() -> None:
+    require_git_checkout()
+    commit = bench_metrics.resolve_commit(PROJECT_ROOT, "HEAD")
+    with pytest.raises(RuntimeError, match="stop here"):
+        with bench_metrics.baseline_worktree(PROJECT_ROOT, commit) as tree:
+            assert (tree / "sink" / "__init__.py").exists()
+            assert str(tree) in worktree_paths()
+            raise RuntimeError("stop here")
+    assert not tree.exists()
+    assert str(tree) not in worktree_paths()
+
+
+def test_main_rejects_unknown_baseline(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_git_checkout()
+    monkeypatch.setattr(bench, "find_postfix_tool", lambda name: name)
+    status = bench.main(["--only", "metrics-cost", "--metrics-baseline", "no-such-ref"])
+    assert status == 1
+    assert "invalid --metrics-baseline 'no-such-ref'" in capsys.readouterr().err
+
+
+@pytest.mark.real
+@pytest.mark.timeout(120)
+def test_quick_metrics_cost_run() -> None:
+    find_smtp_source()
+    require_git_checkout()
+    try:
+        bench_metrics.resolve_commit(PROJECT_ROOT, bench_metrics.DEFAULT_BASELINE)
+    except BenchError:
+        pytest.skip(f"the baseline {bench_metrics.DEFAULT_BASELINE} is not in this clone")
+
+    worktrees_before = worktree_paths()
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest.bench",
+            "--quick",
+            "--only",
+            "metrics-cost",
+            "--scale",
+            "0.01",
+            "--no-write",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert "## Metrics cost" in completed.stdout
+    assert re.search(r"\| current, metrics on +\| +[\d,]+ \|", completed.stdout)
+    assert re.search(r"\| 3bbff3c, no metrics +\| +[\d,]+ \|", completed.stdout)
+    assert "Budget: " in completed.stdout
+    assert "| pipelined, 64 KiB reads " in completed.stdout
+    assert "round 1/1 metrics-cost sink 3bbff3c, spool off" in completed.stderr
+    assert worktree_paths() == worktrees_before

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,12 @@ _RECIPIENTS_REFUSED = int(Field.RECIPIENTS_REFUSED)
 _DATA_BYTES = int(Field.DATA_BYTES)
 _BDAT_BYTES = int(Field.BDAT_BYTES)
 _REPLY_INDEX = REPLY_INDEX
+_SIZE_BASE = MESSAGE_SIZE.base
+_SIZE_BOUNDS = MESSAGE_SIZE.bounds
+_SIZE_SUM = MESSAGE_SIZE.sum_word
+_DATA_TIME_BASE = DATA_DURATION.base
+_LATENCY_BOUNDS = DATA_DURATION.bounds
+_DATA_TIME_SUM = DATA_DURATION.sum_word
 _REPLY_WORDS = {
     reply: REPLY_INDEX.get(int(reply[:3]), _OTHER_REPLY)
     for reply in vars(replies).values()
@@ -541,7 +548,11 @@ class Session:
             message_id = txn.commit(meta)
         except StoreError:
             return replies.STORE_FAILED
-        MESSAGE_SIZE.observe(self.counters, meta["size"])
+        # MESSAGE_SIZE.observe, written out because it runs for every message.
+        size = meta["size"]
+        counters = self.counters
+        counters[_SIZE_BASE + bisect_left(_SIZE_BOUNDS, size)] += 1
+        counters[_SIZE_SUM] += size
         return replies.queued(message_id)
 
     def _envelope(self) -> dict[str, Any]:
@@ -598,7 +609,11 @@ class Session:
         """Finish the transaction with its final reply: 250 queued, or a refusal."""
         started = self._content_started
         if started is not None:
-            DATA_DURATION.observe(self.counters, time.perf_counter() - started)
+            # DATA_DURATION.observe, written out because it runs for every message.
+            elapsed = time.perf_counter() - started
+            counters = self.counters
+            counters[_DATA_TIME_BASE + bisect_left(_LATENCY_BOUNDS, elapsed)] += 1
+            counters[_DATA_TIME_SUM] += int(elapsed * 1e6)
             if not reply.startswith(b"250"):
                 self.counters[_MESSAGES_REFUSED] += 1
         if self._txn is not None:

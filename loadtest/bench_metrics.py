@@ -1,0 +1,452 @@
+"""The metrics-cost phase of loadtest.bench: the sink with metrics against a commit without them.
+
+The instrumentation cannot be switched off at run time, so "metrics off" is the sink's code
+from before the metrics were added. The phase checks that commit out into a temporary git
+worktree and runs both codes with the same Python: the checkout under test with its metrics
+served on a free port, and the worktree with PYTHONPATH set to it. Before measuring, it checks
+that each process imports the intended `sink` package and that only the current code has the
+`--metrics-listen` option.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest import bench_report
+from loadtest.bench_report import format_decimal, format_rate, median
+from loadtest.bench_servers import (
+    PROJECT_ROOT,
+    BenchError,
+    LoadResult,
+    SinkSource,
+    source_environment,
+)
+
+# The last commit before the metrics were added.
+DEFAULT_BASELINE = "3bbff3c"
+
+# The requirement: with metrics on, throughput drops by at most this fraction.
+MAX_DROP = 0.03
+
+# smtp-source flags of the phase: the highest message rate of the throughput phases, where a
+# cost per message shows most. The runs use the spool off.
+FLAGS = ("-s", "20", "-d", "-l", "1024")
+MESSAGES = 50_000
+
+SESSION_SCRIPT = PROJECT_ROOT / "loadtest" / "bench_session_timing.py"
+SESSION_MESSAGES = 20_000
+# Each round starts one timing process per code, in rotating order. The report gives the
+# fastest round of each code.
+SESSION_ROUNDS = 7
+SESSION_FEEDS = {
+    "pipelined": "pipelined, 64 KiB reads",
+    "lock-step": "lock-step, one read per command",
+}
+
+GIT_TIMEOUT = 120.0
+
+
+def run_git(repository: Path, *arguments: str) -> str:
+    """Run git in `repository` and return its standard output, stripped.
+
+    Raises BenchError with git's message when git is missing or fails.
+    """
+    git = shutil.which("git")
+    if git is None:
+        raise BenchError("git not found in PATH: the metrics-cost phase needs it")
+    command = [git, "-C", str(repository), *arguments]
+    try:
+        completed = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=GIT_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"git timed out after {GIT_TIMEOUT:.0f} s: {' '.join(command)}") from None
+    if completed.returncode != 0:
+        raise BenchError(
+            f"git failed with status {completed.returncode}: {' '.join(command)}\n"
+            f"{completed.stderr.strip()}"
+        )
+    return completed.stdout.strip()
+
+
+def resolve_commit(repository: Path, ref: str) -> str:
+    """Return the full hash of the commit that `ref` names, or raise BenchError for a bad ref."""
+    try:
+        return run_git(repository, "rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}")
+    except BenchError as error:
+        raise BenchError(
+            f"invalid --metrics-baseline {ref!r}: not a commit of {repository} ({error})"
+        ) from None
+
+
+def describe_checkout(repository: Path) -> str:
+    """Describe the code of the checkout: its HEAD, and whether sink/ has uncommitted changes."""
+    head = run_git(repository, "rev-parse", "--short", "HEAD")
+    changed = run_git(repository, "status", "--porcelain", "--", "sink")
+    return f"{head} with uncommitted changes under sink/" if changed else head
+
+
+@contextlib.contextmanager
+def baseline_worktree(repository: Path, commit: str) -> Iterator[Path]:
+    """Check `commit` out into a detached worktree in a new temporary directory.
+
+    The worktree is removed with `git worktree remove --force` when the block ends, also on an
+    error or KeyboardInterrupt. A process killed with SIGKILL leaves it behind, and then
+    `git worktree prune` after deleting the directory cleans up.
+    """
+    tree = Path(tempfile.mkdtemp(prefix="sink-bench-baseline-"))
+    try:
+        run_git(repository, "worktree", "add", "--detach", str(tree), commit)
+    except BaseException:
+        shutil.rmtree(tree, ignore_errors=True)
+        raise
+    try:
+        yield tree
+    finally:
+        try:
+            run_git(repository, "worktree", "remove", "--force", str(tree))
+        except BenchError as error:
+            print(f"warning: removing the worktree {tree} failed: {error}", file=sys.stderr)
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def is_inside(path: str | Path, root: Path) -> bool:
+    """Tell whether `path`, with symbolic links resolved, lies inside the directory `root`."""
+    return Path(path).resolve().is_relative_to(root.resolve())
+
+
+def run_python(source: SinkSource, arguments: Sequence[str], timeout: float) -> str:
+    """Run the benchmark's Python as `source` runs the sink and return its standard output.
+
+    Raises BenchError with the process's stderr when it fails or times out.
+    """
+    command = [sys.executable, *arguments]
+    try:
+        completed = subprocess.run(
+            command,
+            cwd=source.root,
+            env=source_environment(source),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(
+            f"{' '.join(command)} in {source.root} timed out after {timeout:.0f} s"
+        ) from None
+    if completed.returncode != 0:
+        raise BenchError(
+            f"{' '.join(command)} in {source.root} failed with status {completed.returncode}:\n"
+            f"{completed.stderr.strip()}"
+        )
+    return completed.stdout
+
+
+def verify_source(source: SinkSource, timeout: float) -> None:
+    """Check that `python -m sink` started as for `source` runs the tree's own code.
+
+    Raises BenchError when the imported `sink` package lies outside `source.root`, or when the
+    presence of `--metrics-listen` in `sink serve --help` does not match `source.metrics`.
+    """
+    imported = run_python(source, ["-c", "import sink; print(sink.__file__)"], timeout).strip()
+    if not is_inside(imported, source.root):
+        raise BenchError(
+            f"the {source.name} sink should come from {source.root}, but Python imported {imported}"
+        )
+    help_text = run_python(source, ["-m", "sink", "serve", "--help"], timeout)
+    has_option = "--metrics-listen" in help_text
+    if source.metrics and not has_option:
+        raise BenchError(
+            f"the {source.name} sink in {source.root} has no --metrics-listen option, so it "
+            "does not export metrics"
+        )
+    if not source.metrics and has_option:
+        raise BenchError(
+            f"the baseline {source.name} already has the --metrics-listen option, so it counts "
+            "metrics too: pass a commit from before the metrics with --metrics-baseline"
+        )
+
+
+def parse_session_timing(output: str, source: SinkSource) -> dict[str, float]:
+    """Parse the JSON line of bench_session_timing.py and return µs per message by feed.
+
+    Raises BenchError when the output is not the expected JSON, or when the script imported
+    `sink` from outside `source.root`.
+    """
+    try:
+        document = json.loads(output)
+        imported = document["sink"]
+        timings = {
+            name: float(document["microseconds_per_message"][name]) for name in SESSION_FEEDS
+        }
+    except (ValueError, KeyError, TypeError) as error:
+        raise BenchError(
+            f"unexpected output of the session timing for {source.name} ({error}): {output!r}"
+        ) from None
+    if not is_inside(imported, source.root):
+        raise BenchError(
+            f"the session timing for {source.name} imported {imported}, outside {source.root}"
+        )
+    return timings
+
+
+def time_sessions(
+    sources: list[SinkSource], rounds: int, messages: int, timeout: float
+) -> dict[SinkSource, dict[str, list[float]]]:
+    """Time the session of each source in `rounds` rounds, the order rotating every round.
+
+    Returns, for each source and feed, the µs per message of every round.
+    """
+    timings: dict[SinkSource, dict[str, list[float]]] = {
+        source: {feed: [] for feed in SESSION_FEEDS} for source in sources
+    }
+    for round_index in range(rounds):
+        shift = round_index % len(sources)
+        for source in sources[shift:] + sources[:shift]:
+            output = run_python(source, [str(SESSION_SCRIPT), "--messages", str(messages)], timeout)
+            for feed, value in parse_session_timing(output, source).items():
+                timings[source][feed].append(value)
+            print(
+                f"session timing round {round_index + 1}/{rounds} {source.name}: "
+                + ", ".join(
+                    f"{feed} {timings[source][feed][-1]:.2f} µs/msg" for feed in SESSION_FEEDS
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+    return timings
+
+
+@dataclass(frozen=True)
+class CostSummary:
+    """The throughput comparison of the current sink (metrics on) with the baseline.
+
+    `ratios` are the per-round msg/s ratios, current / baseline, in round order.
+    """
+
+    ratios: tuple[float, ...]
+    current_cpu: float
+    baseline_cpu: float
+
+    @property
+    def ratio(self) -> float:
+        return median(self.ratios)
+
+    @property
+    def cpu_difference(self) -> float:
+        """CPU µs per message of the current sink minus the baseline's, from the medians."""
+        return self.current_cpu - self.baseline_cpu
+
+    def rounds_over_budget(self, max_drop: float) -> int:
+        return sum(1 for ratio in self.ratios if ratio < 1 - max_drop)
+
+
+def summarize(current: list[LoadResult], baseline: list[LoadResult]) -> CostSummary:
+    """Pair the runs of each round, so index i of both lists must be the same round."""
+    if len(current) != len(baseline) or not current:
+        raise ValueError(f"{len(current)} current runs but {len(baseline)} baseline runs")
+    return CostSummary(
+        ratios=tuple(
+            run.messages_per_second / base.messages_per_second
+            for run, base in zip(current, baseline, strict=True)
+        ),
+        current_cpu=median([run.cpu_microseconds_per_message for run in current]),
+        baseline_cpu=median([run.cpu_microseconds_per_message for run in baseline]),
+    )
+
+
+def format_change(fraction: float) -> str:
+    """Format a relative change with its sign and one decimal, e.g. "+1.7%" or "-0.4%"."""
+    return f"{fraction * 100:+.1f}%"
+
+
+def describe_rate_change(ratio: float) -> str:
+    """Describe a ratio of msg/s as "1.5% slower", "0.4% faster" or "no change"."""
+    change = (ratio - 1) * 100
+    if round(change, 1) == 0:
+        return "no change"
+    return f"{abs(change):.1f}% " + ("slower" if change < 0 else "faster")
+
+
+def judge_budget(summary: CostSummary, max_drop: float) -> str:
+    """Judge the msg/s ratios against the allowed drop.
+
+    The verdict is "met" when every round is within the budget and "missed" when every round is
+    over it. Rounds on both sides make it "inconclusive", because then the machine's noise is
+    larger than the budget and the median alone would decide by chance.
+    """
+    rounds = len(summary.ratios)
+    over = summary.rounds_over_budget(max_drop)
+    if over == 0:
+        verdict = "met"
+    elif over == rounds:
+        verdict = "missed"
+    else:
+        verdict = "inconclusive"
+    return (
+        f"{verdict}, {over} of {rounds} rounds over the {max_drop:.0%} budget; the median is "
+        f"{describe_rate_change(summary.ratio)} with metrics"
+    )
+
+
+def estimated_drop(extra_microseconds: float, baseline_cpu: float) -> float:
+    """Estimate the msg/s drop that `extra_microseconds` of CPU per message causes.
+
+    On a CPU-bound load the message rate is inversely proportional to the CPU time per message,
+    so the drop is extra / (baseline + extra).
+    """
+    return extra_microseconds / (baseline_cpu + extra_microseconds)
+
+
+def describe_session_estimate(extra: float, baseline_cpu: float, baseline_name: str) -> str:
+    """Relate the session's extra µs per message to the baseline's CPU per message under load."""
+    if extra <= 0:
+        return (
+            f"The session with metrics was not slower in the lock-step feed ({extra:+.2f} µs per "
+            "message), so its counting predicts no drop in msg/s."
+        )
+    drop = estimated_drop(extra, baseline_cpu)
+    return (
+        f"The lock-step difference, {extra:+.2f} µs per message, adds "
+        f"{format_change(extra / baseline_cpu)} to the {baseline_name} sink's CPU per message "
+        f"under load ({format_decimal(baseline_cpu)} µs, the median above). If the load is "
+        f"CPU-bound, that is an estimated msg/s drop of {drop:.1%} from the session's counting "
+        f"alone, {'within' if drop <= MAX_DROP else 'over'} the {MAX_DROP:.0%} budget."
+    )
+
+
+def throughput_table(
+    results: dict[str, list[LoadResult]],
+) -> str:
+    """Format the medians and msg/s ranges of each code, keyed by its label."""
+    rows = []
+    for label, runs in results.items():
+        rates = [run.messages_per_second for run in runs]
+        rows.append(
+            [
+                label,
+                format_rate(median(rates)),
+                f"{format_rate(min(rates))}-{format_rate(max(rates))}",
+                format_decimal(median([run.cpu_microseconds_per_message for run in runs])),
+            ]
+        )
+    return bench_report.markdown_table(
+        ("Sink", "msg/s", "msg/s range", "CPU µs/msg"), rows, (False, True, True, True)
+    )
+
+
+def format_difference(current: float, baseline: float) -> str:
+    """Format current - baseline in µs and relative to the baseline, e.g. "+0.8 µs (+1.7%)"."""
+    return f"{current - baseline:+.2f} µs ({format_change(current / baseline - 1)})"
+
+
+def session_table(
+    current: dict[str, list[float]], baseline: dict[str, list[float]], baseline_name: str
+) -> str:
+    """Format the best µs per message of each feed for both codes, and their difference."""
+    rows = []
+    for feed, title in SESSION_FEEDS.items():
+        best_current = min(current[feed])
+        best_baseline = min(baseline[feed])
+        rows.append(
+            [
+                title,
+                f"{best_baseline:.2f}",
+                f"{best_current:.2f}",
+                format_difference(best_current, best_baseline),
+            ]
+        )
+    return bench_report.markdown_table(
+        ("Feed", f"{baseline_name} µs/msg", "current µs/msg", "Difference"),
+        rows,
+        (False, True, True, True),
+    )
+
+
+@dataclass(frozen=True)
+class MetricsCostResult:
+    """Everything the metrics-cost phase measured, for its report section."""
+
+    current: SinkSource
+    baseline: SinkSource
+    baseline_commit: str
+    current_description: str
+    workers: int
+    messages: int
+    throughput: dict[SinkSource, list[LoadResult]]
+    sessions: dict[SinkSource, dict[str, list[float]]]
+    session_messages: int
+
+
+def report_section(result: MetricsCostResult, header: str) -> str:
+    """Format the Markdown section of the phase under `header`, which describes the run."""
+    current = result.current
+    baseline = result.baseline
+    summary = summarize(result.throughput[current], result.throughput[baseline])
+    ratios = summary.ratios
+    rounds = len(ratios)
+    compared = (
+        f"Compared: the current sink (the checkout at {result.current_description}), which counts "
+        f"metrics and serves them on a free port, against commit {baseline.name} "
+        f"({result.baseline_commit}) from before the metrics. The baseline runs from a temporary "
+        "git worktree with the same Python."
+    )
+
+    table = throughput_table(
+        {
+            "current, metrics on": result.throughput[current],
+            f"{baseline.name}, no metrics": result.throughput[baseline],
+        }
+    )
+
+    verdict = (
+        f"msg/s, current / {baseline.name}: {summary.ratio:.3f}, the median of the per-round "
+        f"ratios (lowest {min(ratios):.3f}, highest {max(ratios):.3f}, "
+        f"{rounds} {'round' if rounds == 1 else 'rounds'}). "
+        f"Budget: {judge_budget(summary, MAX_DROP)}. CPU per message: "
+        f"{format_difference(summary.current_cpu, summary.baseline_cpu)} between the medians. "
+        f"Each round runs both sinks once with {result.messages} messages, in rotating order, "
+        "measured as in the throughput phases."
+    )
+
+    sessions = session_table(result.sessions[current], result.sessions[baseline], baseline.name)
+    extra = min(result.sessions[current]["lock-step"]) - min(result.sessions[baseline]["lock-step"])
+    estimate = describe_session_estimate(extra, summary.baseline_cpu, baseline.name)
+
+    session_method = (
+        f"`loadtest/bench_session_timing.py` feeds {result.session_messages} transactions (MAIL, "
+        "RCPT, DATA, 1,000 octets and the final dot) through `sink.smtp.Session` with a "
+        "`DiscardStore`, after EHLO and a warm-up, with the garbage collector off. The pipelined "
+        "feed passes them back to back in 64 KiB reads; the lock-step feed passes one read per "
+        "command and one for the content, as smtp-source sends them. Each value is the fastest "
+        f"of {SESSION_ROUNDS} rounds, one process per code and round, in rotating order."
+    )
+
+    paragraphs = [
+        "## Metrics cost",
+        header.strip(),
+        wrap(compared),
+        f"### Throughput, `{' '.join(FLAGS)}`, spool off, {result.workers} workers",
+        table,
+        wrap(verdict),
+        "### SMTP session alone, no sockets",
+        sessions,
+        wrap(estimate),
+        wrap(session_method),
+    ]
+    return "\n\n".join(paragraphs) + "\n"
+
+
+def wrap(paragraph: str) -> str:
+    """Wrap prose at 96 columns, like the hand-written text of docs/benchmarks.md."""
+    return textwrap.fill(paragraph, width=96, break_long_words=False, break_on_hyphens=False)
