@@ -177,3 +177,29 @@ def test_bad_spool_directory_fails_fast(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "spool" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_second_stop_signal_kills_workers(start_sink, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spool = tmp_path / "spool"
+    server = start_sink("--shutdown-grace", "60s", spool=spool)
+    with smtplib.SMTP(server.host, server.port, timeout=10) as client:
+        client.ehlo("client.example")
+        client.mail("a@example.com")
+        client.rcpt("b@example.com")
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(b"a message that never ends\r\n")
+
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert server.process.poll() is None, "the first SIGTERM must wait for the transaction"
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0
+    assert "second stop signal" in server.log
+
+    # The killed workers left their segments open; the next start seals them.
+    again = start_sink(spool=spool)
+    assert again.stop() == 0
+    report = sink.spool.verify_spool(spool)
+    assert report.ok, "\n".join(report.lines())
+    assert not list(spool.glob("*.open"))

@@ -209,6 +209,12 @@ class Master:
 
     def _handle_stop(self) -> None:
         if self.stopping:
+            # A second stop signal (Ctrl-C twice) cuts the grace period short. Acknowledged
+            # messages are already in the spool, and the next start seals the open segments.
+            log.warning("second stop signal: killing %d workers now", len(self.workers))
+            for worker in self.workers.values():
+                worker.term_sent_at = float("inf")
+                _kill(worker.pid, signal.SIGKILL)
             return
         log.info("stopping: asking %d workers to finish their transactions", len(self.workers))
         self.stopping = True

@@ -47,6 +47,8 @@ _RECIPIENTS_REFUSED = int(Field.RECIPIENTS_REFUSED)
 _DATA_BYTES = int(Field.DATA_BYTES)
 _BDAT_BYTES = int(Field.BDAT_BYTES)
 _REPLY_INDEX = REPLY_INDEX
+_REPLY_250 = REPLY_INDEX[250]
+_REPLY_354 = REPLY_INDEX[354]
 _SIZE_BASE = MESSAGE_SIZE.base
 _SIZE_BOUNDS = MESSAGE_SIZE.bounds
 _SIZE_SUM = MESSAGE_SIZE.sum_word
@@ -337,7 +339,8 @@ class Session:
         self.mail_parameters = parameters
         self.smtputf8 = smtputf8
         self.state = State.MAIL
-        self._reply(replies.SENDER_OK)
+        self.out.append(replies.SENDER_OK)  # counted here, not by _reply: once per message
+        self.counters[_REPLY_250] += 1
 
     def _rcpt(self, argument: bytes) -> None:
         try:
@@ -364,8 +367,10 @@ class Session:
             return
 
         self.forward_paths.append((path, parameters))
-        self.counters[_RECIPIENTS_ACCEPTED] += 1
-        self._reply(replies.RECIPIENT_OK)
+        counters = self.counters
+        counters[_RECIPIENTS_ACCEPTED] += 1
+        counters[_REPLY_250] += 1
+        self.out.append(replies.RECIPIENT_OK)
 
     def _allow_utf8_without_option(self) -> bool:
         """Accept a non-ASCII address sent without SMTPUTF8, unless line endings are strict."""
@@ -392,7 +397,8 @@ class Session:
         self._reader = DotReader(self._write)
         self._content_started = time.perf_counter()
         self.state = State.DATA
-        self._reply(replies.START_DATA)
+        self.out.append(replies.START_DATA)
+        self.counters[_REPLY_354] += 1
 
     def _bdat(self, argument: bytes) -> None:
         words = argument.split()
