@@ -249,20 +249,20 @@ class Session:
         else:
             verb, argument = line[:space], line[space + 1 :].strip(b" ")
         name = verb.upper()
-        self.counters[_VERB_INDEX.get(name, _UNKNOWN_VERB)] += 1
-        if not name:
-            self._quirk(quirks.EMPTY_LINE)
-            self._error(replies.UNRECOGNIZED)
-            return
-
-        handler = _HANDLERS.get(name)
-        if handler is None:
-            if name in _KNOWN_UNIMPLEMENTED:
+        command = _HANDLERS.get(name)
+        if command is None:
+            self.counters[_VERB_INDEX.get(name, _UNKNOWN_VERB)] += 1
+            if not name:
+                self._quirk(quirks.EMPTY_LINE)
+                self._error(replies.UNRECOGNIZED)
+            elif name in _KNOWN_UNIMPLEMENTED:
                 self._error(replies.NOT_IMPLEMENTED)
             else:
                 self._quirk(quirks.UNKNOWN_COMMAND)
                 self._error(replies.UNRECOGNIZED)
             return
+        handler, word = command
+        self.counters[word] += 1
         if verb != name:
             self._quirk(quirks.LOWERCASE_VERB)
 
@@ -621,7 +621,7 @@ class Session:
             counters[_DATA_TIME_BASE + bisect_left(_LATENCY_BOUNDS, elapsed)] += 1
             counters[_DATA_TIME_SUM] += int(elapsed * 1e6)
             if not reply.startswith(b"250"):
-                self.counters[_MESSAGES_REFUSED] += 1
+                counters[_MESSAGES_REFUSED] += 1
         if self._txn is not None:
             self._txn.abort()
         self._reset_transaction()
@@ -674,16 +674,20 @@ def _path_record(path: Path, parameters: dict[str, str | None]) -> dict[str, Any
     return record
 
 
-_HANDLERS: dict[bytes, Callable[[Session, bytes], None]] = {
-    b"HELO": Session._helo,
-    b"EHLO": Session._ehlo,
-    b"MAIL": Session._mail,
-    b"RCPT": Session._rcpt,
-    b"DATA": Session._data,
-    b"BDAT": Session._bdat,
-    b"RSET": Session._rset,
-    b"NOOP": Session._noop,
-    b"QUIT": Session._quit,
-    b"VRFY": Session._vrfy,
-    b"HELP": Session._help,
+# Each verb's handler, with the counter word for the verb, found by one lookup per command.
+_HANDLERS: dict[bytes, tuple[Callable[[Session, bytes], None], int]] = {
+    verb: (handler, VERB_INDEX[verb])
+    for verb, handler in (
+        (b"HELO", Session._helo),
+        (b"EHLO", Session._ehlo),
+        (b"MAIL", Session._mail),
+        (b"RCPT", Session._rcpt),
+        (b"DATA", Session._data),
+        (b"BDAT", Session._bdat),
+        (b"RSET", Session._rset),
+        (b"NOOP", Session._noop),
+        (b"QUIT", Session._quit),
+        (b"VRFY", Session._vrfy),
+        (b"HELP", Session._help),
+    )
 }
