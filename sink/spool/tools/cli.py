@@ -1,4 +1,4 @@
-"""The `sink spool` subcommands other than `verify`: ls, show, stats, export and tail."""
+"""The `sink spool` subcommands other than `verify`: ls, show, stats, export, replay and tail."""
 
 from __future__ import annotations
 
@@ -43,15 +43,7 @@ def add_spool_tools(spool_commands: Any) -> None:
         metavar="PATH",
         help="directory for eml and maildir, file for mbox and jsonl (appended to)",
     )
-    export.add_argument("--since", metavar="TIME", help="ISO 8601; UTC when no offset is given")
-    export.add_argument("--until", metavar="TIME", help="ISO 8601, exclusive")
-    export.add_argument("--sender", metavar="GLOB", help="envelope sender, case-insensitive")
-    export.add_argument(
-        "--recipient", metavar="GLOB", help="any envelope recipient, case-insensitive"
-    )
-    export.add_argument(
-        "--id", dest="ids", action="append", default=[], metavar="ID", help="repeatable"
-    )
+    _add_selection_options(export)
     export.add_argument(
         "--trace-headers",
         action="store_true",
@@ -60,6 +52,8 @@ def add_spool_tools(spool_commands: Any) -> None:
     export.add_argument(
         "--body", action="store_true", help="jsonl: include the body after the headers"
     )
+
+    _add_replay(spool_commands)
 
     tail = spool_commands.add_parser("tail", help="print records as they are committed")
     tail.add_argument("directory", metavar="DIR")
@@ -70,6 +64,66 @@ def add_spool_tools(spool_commands: Any) -> None:
     tail.add_argument(
         "--timeout", type=_positive_float, metavar="SECONDS", help="stop after this many seconds"
     )
+
+
+def _add_selection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", metavar="TIME", help="ISO 8601; UTC when no offset is given")
+    parser.add_argument("--until", metavar="TIME", help="ISO 8601, exclusive")
+    parser.add_argument("--sender", metavar="GLOB", help="envelope sender, case-insensitive")
+    parser.add_argument(
+        "--recipient", metavar="GLOB", help="any envelope recipient, case-insensitive"
+    )
+    parser.add_argument(
+        "--id", dest="ids", action="append", default=[], metavar="ID", help="repeatable"
+    )
+
+
+def _add_replay(spool_commands: Any) -> None:
+    replay = spool_commands.add_parser(
+        "replay", help="send stored messages with their envelopes to an SMTP server"
+    )
+    replay.add_argument("directory", metavar="DIR")
+    replay.add_argument(
+        "--to",
+        required=True,
+        metavar="HOST:PORT",
+        help="SMTP server to send to; [IPv6]:PORT for IPv6; loopback only without --allow-remote",
+    )
+    replay.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --to address that is not loopback (127.0.0.0/8, ::1)",
+    )
+    replay.add_argument(
+        "--connections",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="SMTP sessions in parallel (default 4)",
+    )
+    replay.add_argument(
+        "--rate",
+        type=_positive_rate,
+        metavar="MSG_PER_S",
+        help="messages per second over all sessions (default: as fast as possible)",
+    )
+    replay.add_argument(
+        "--ehlo", default="localhost", metavar="NAME", help="EHLO name (default localhost)"
+    )
+    replay.add_argument(
+        "--bdat",
+        action="store_true",
+        help="send every message with BDAT when the server offers CHUNKING, not only those "
+        "that DATA would change",
+    )
+    replay.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait to connect and for each reply (default 60)",
+    )
+    _add_selection_options(replay)
 
 
 def run_spool_tool(args: argparse.Namespace) -> int:
@@ -105,6 +159,8 @@ def _run(args: argparse.Namespace, directory: Path) -> int:
         return print_stats(directory, top=args.top, as_json=args.json)
     if command == "export":
         return _export(args, directory)
+    if command == "replay":
+        return _replay(args, directory)
     if command == "tail":
         from .tail import tail_spool
 
@@ -117,17 +173,42 @@ def _run(args: argparse.Namespace, directory: Path) -> int:
     raise AssertionError(f"unknown spool command {command!r}")
 
 
-def _export(args: argparse.Namespace, directory: Path) -> int:
-    from .export import Selection, export_messages
+def _selection(args: argparse.Namespace) -> Any:
+    from .export import Selection
     from .reading import parse_time
 
-    selection = Selection(
+    return Selection(
         since=_time_option("--since", args.since, parse_time),
         until=_time_option("--until", args.until, parse_time),
         sender=args.sender,
         recipient=args.recipient,
         ids={message_id.strip().upper() for message_id in args.ids},
     )
+
+
+def _replay(args: argparse.Namespace, directory: Path) -> int:
+    from .replay import replay_messages, resolve_target
+
+    if not args.ehlo or any(char.isspace() or not char.isprintable() for char in args.ehlo):
+        raise ValueError(f"--ehlo: invalid name {args.ehlo!r}; use a domain name without spaces")
+    selection = _selection(args)
+    target = resolve_target(args.to, allow_remote=args.allow_remote)
+    return replay_messages(
+        directory,
+        target,
+        selection,
+        connections=args.connections,
+        rate=args.rate,
+        ehlo_name=args.ehlo,
+        force_bdat=args.bdat,
+        timeout=args.timeout,
+    )
+
+
+def _export(args: argparse.Namespace, directory: Path) -> int:
+    from .export import export_messages
+
+    selection = _selection(args)
     if args.body and args.format != "jsonl":
         raise ValueError("--body works only with --format jsonl")
     output = Path(args.output)
@@ -153,6 +234,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_rate(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number per second, got {text}")
     return value
 
 
