@@ -6,6 +6,8 @@ name `send` for a delivery (expected final reply 250) or `refused` for a transac
 recipient the server is expected to reject (expected RCPT reply 550). Its response time runs
 from MAIL to the final reply, and its response length is the message size, or 0 for
 `refused`. With `--smtp-stage-timing`, each stage also fires an `SMTP-stage` event.
+With `--smtp-metrics-listen HOST:PORT`, the master serves these events as Prometheus metrics
+(loadtest/locust_metrics.py).
 
 docs/load.md describes every option.
 """
@@ -22,13 +24,11 @@ from typing import Any
 from locust import User, events, task
 from locust.env import Environment
 
+# Importing locust_metrics also adds its --smtp-metrics-* options and event listeners.
+from loadtest import locust_metrics  # noqa: F401
+from loadtest.locust_tally import REFUSED, REQUEST_TYPE, SEND, STAGE_REQUEST_TYPE
 from loadtest.messages import SizeDistribution, build_message
 from loadtest.smtp_client import SmtpClient, SmtpError
-
-REQUEST_TYPE = "SMTP"
-STAGE_REQUEST_TYPE = "SMTP-stage"
-SEND = "send"
-REFUSED = "refused"
 
 # One counter per locust process for the `{n}` in address patterns, so addresses repeat
 # across the processes of a distributed run.
@@ -188,14 +188,20 @@ class LoadSettings:
         )
 
 
-_settings: dict[int, LoadSettings] = {}
+_settings: dict[tuple[tuple[str, Any], ...], LoadSettings] = {}
 
 
 def settings_for(environment: Environment) -> LoadSettings:
-    """Return the settings of this environment, parsed once."""
-    key = id(environment.parsed_options)
+    """Return the settings of this environment, parsed once per set of SMTP option values.
+
+    The key is the values, not the options object: a `--worker` process parses its own
+    command line at start, and locust overwrites those values in place with the master's
+    options when the test starts.
+    """
+    options = environment.parsed_options
+    key = tuple(sorted((k, v) for k, v in vars(options).items() if k.startswith("smtp_")))
     if key not in _settings:
-        _settings[key] = LoadSettings.from_options(environment.parsed_options)
+        _settings[key] = LoadSettings.from_options(options)
     return _settings[key]
 
 

@@ -365,4 +365,4 @@ def test_prometheus_scrape_job() -> None:
     path = GRAFANA / "prometheus.yml"
     assert yaml_values(path, "scrape_interval") == ["5s"]
     assert "smtp-sink" in yaml_values(path, "job_name")
-    assert yaml_values(path, "targets") == ['["host.docker.internal:9325"]']
+    assert '["host.docker.internal:9325"]' in yaml_values(path, "targets")

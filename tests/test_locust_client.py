@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,7 +156,16 @@ def test_client_quit_and_abort_counted(start_sink) -> None:  # type: ignore[no-u
         client.send_message("alice@example.com", ["bob@example.net"], b"Subject: 2\r\n\r\n")
         client.abort()
 
+    # The worker counts a client's close when it reads the end of the stream, which can come
+    # after the scrape under load, so wait for it.
+    deadline = time.monotonic() + 10
     _, text = server.scrape()
+    while (
+        metric(text, "smtp_sink_sessions_ended_total", how="client_close") < 1
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+        _, text = server.scrape()
     assert metric(text, "smtp_sink_sessions_ended_total", how="quit") == 1
     assert metric(text, "smtp_sink_sessions_ended_total", how="client_close") == 1
     assert metric(text, "smtp_sink_messages_total", outcome="accepted") == 2
