@@ -613,20 +613,25 @@ class Session:
 
     def _end_transaction(self, reply: bytes) -> None:
         """Finish the transaction with its final reply: 250 queued, or a refusal."""
+        accepted = reply.startswith(b"250")
+        counters = self.counters
         started = self._content_started
         if started is not None:
             # DATA_DURATION.observe, written out because it runs for every message.
             elapsed = time.perf_counter() - started
-            counters = self.counters
             counters[_DATA_TIME_BASE + bisect_left(_LATENCY_BOUNDS, elapsed)] += 1
             counters[_DATA_TIME_SUM] += int(elapsed * 1e6)
-            if not reply.startswith(b"250"):
+            if not accepted:
                 counters[_MESSAGES_REFUSED] += 1
         if self._txn is not None:
             self._txn.abort()
         self._reset_transaction()
         self.state = self._idle_state()
-        self._reply(reply)
+        if accepted:
+            self.out.append(reply)
+            counters[_REPLY_250] += 1
+        else:
+            self._reply(reply)
 
     def _idle_state(self) -> State:
         return State.GREETED if self.helo is not None else State.CONNECTED
