@@ -62,3 +62,33 @@ def test_size_buckets() -> None:
     assert size_bucket(999) == "<1k"
     assert size_bucket(1_000) == "1k-10k"
     assert size_bucket(10**9) == ">=10M"
+
+
+def test_stats_counters_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sink.spool.tools import stats as stats_module
+
+    monkeypatch.setattr(stats_module, "DISTINCT_LIMIT", 10)
+    collected = stats_module.SpoolStats()
+
+    class FakeRecord:
+        size = 100
+        meta: dict[str, object] = {}
+
+        def __init__(self, sender: str) -> None:
+            self.envelope = {
+                "reverse_path": {"mailbox": sender, "raw": sender, "params": {}},
+                "forward_paths": [{"mailbox": "r@example.net", "domain": "example.net"}],
+                "helo": "client.example",
+                "client": {"address": "127.0.0.1"},
+            }
+
+    for number in range(200):
+        collected.add(FakeRecord(f"rare{number}@example.com"), b"From: x@example.com\r\n\r\n")
+        collected.add(FakeRecord("frequent@example.com"), b"From: x@example.com\r\n\r\n")
+
+    assert len(collected.senders) < 20
+    report = collected.as_dict(top=3)
+    assert report["top_senders"][0] == ["frequent@example.com", 200]
+    assert report["approximate"]["top_senders"] >= 1
+    assert "approximate" in stats_module.format_stats(report)
+    assert report["messages"] == 400

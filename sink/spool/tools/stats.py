@@ -34,9 +34,18 @@ SIZE_BUCKETS: tuple[tuple[str, int | None], ...] = (
 )
 
 
+# Distinct keys one counter keeps. When a counter reaches twice this many, it keeps the most
+# frequent half and drops the rest, so memory stays bounded on a spool of any size; a dropped
+# key that comes back starts again from zero.
+DISTINCT_LIMIT = 20_000
+
+# Counters whose keys come from clients and so can have any number of distinct values.
+_UNBOUNDED_KEYS = ("senders", "recipients", "recipient_domains", "helo_names", "clients")
+
+
 @dataclass(slots=True)
 class SpoolStats:
-    """Counters over the messages of a spool. Each Counter grows with its distinct keys."""
+    """Counters over the messages of a spool, each bounded by DISTINCT_LIMIT distinct keys."""
 
     messages: int = 0
     message_bytes: int = 0
@@ -51,6 +60,8 @@ class SpoolStats:
     parameters: Counter[str] = field(default_factory=Counter)
     quirks: Counter[str] = field(default_factory=Counter)
     clients: Counter[str] = field(default_factory=Counter)
+    # For each pruned counter, the largest count dropped: kept counts may be low by up to it.
+    undercount: dict[str, int] = field(default_factory=dict)
 
     def add(self, record: Record, header_block: bytes) -> None:
         envelope = record.envelope
@@ -77,6 +88,18 @@ class SpoolStats:
             self.quirks[kind] += int(count)
 
         self._check_from(sender, header_block)
+        for name in _UNBOUNDED_KEYS:
+            counter: Counter[str] = getattr(self, name)
+            if len(counter) >= 2 * DISTINCT_LIMIT:
+                self._prune(name, counter)
+
+    def _prune(self, name: str, counter: Counter[str]) -> None:
+        """Keep the DISTINCT_LIMIT most frequent keys of a counter and drop the rest."""
+        ranked = counter.most_common(DISTINCT_LIMIT + 1)
+        largest_dropped = ranked[-1][1]
+        counter.clear()
+        counter.update(dict(ranked[:DISTINCT_LIMIT]))
+        self.undercount[name] = max(self.undercount.get(name, 0), largest_dropped)
 
     def _check_from(self, sender: str, header_block: bytes) -> None:
         values = parse_headers(header_block).get_all("From")
@@ -106,7 +129,20 @@ class SpoolStats:
             "esmtp_parameters": ranked(self.parameters),
             "quirks": ranked(self.quirks),
             "clients": ranked(self.clients),
+            "approximate": {
+                _REPORT_KEYS[name]: count for name, count in sorted(self.undercount.items())
+            },
         }
+
+
+# Report keys of the bounded counters.
+_REPORT_KEYS = {
+    "senders": "top_senders",
+    "recipients": "top_recipients",
+    "recipient_domains": "top_recipient_domains",
+    "helo_names": "helo_names",
+    "clients": "clients",
+}
 
 
 def size_bucket(size: int) -> str:
@@ -164,7 +200,11 @@ def format_stats(report: dict[str, Any]) -> str:
         "sizes:",
     ]
     lines += [f"  {label:>10}  {count}" for label, count in report["sizes"].items()]
+    approximate = report.get("approximate", {})
     for key, title in _TITLES.items():
+        if key in approximate:
+            title += f" (approximate: more than {DISTINCT_LIMIT} distinct values, so counts may "
+            title += f"be low by up to {approximate[key]})"
         lines.append(f"{title}:")
         lines += [f"  {count:>8}  {value}" for value, count in report[key]]
     return "\n".join(lines) + "\n"
