@@ -8,28 +8,11 @@ from typing import Any
 
 import orjson
 import pytest
+from spool_helpers import FakeClock, envelope, store
 
 from sink.spool import SpoolWriter, recover_segments, verify_spool
 from sink.spool.frames import SEAL, frame_header
 from sink.spool.scan import FrameScanner
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def envelope(n: int) -> dict[str, Any]:
-    return {"mail_from": f"sender{n}@example.test", "rcpt_to": ["rcpt@example.test"]}
-
-
-def store(writer: SpoolWriter, n: int, data: bytes) -> str:
-    txn = writer.begin(envelope(n))
-    txn.write(data)
-    return txn.commit({"n": n})
 
 
 def frames_of(path: Path) -> list[Any]:

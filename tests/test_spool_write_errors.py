@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from spool_helpers import envelope, read_ids, store
 
 from sink.spool import (
     RecoveryAction,
-    SpoolCorruption,
     SpoolWriter,
     records,
     recover_segments,
@@ -68,23 +68,6 @@ class DiskQuota:
             return self._writev(fd, buffers)
         joined = b"".join(bytes(b) for b in buffers)
         return self.write(fd, joined)
-
-
-def envelope(n: int) -> dict[str, Any]:
-    return {"mail_from": f"sender{n}@example.test", "rcpt_to": ["rcpt@example.test"]}
-
-
-def store(writer: SpoolWriter, n: int, data: bytes) -> str:
-    txn = writer.begin(envelope(n))
-    txn.write(data)
-    return txn.commit({"n": n})
-
-
-def read_ids(directory: Path) -> list[str]:
-    problems: list[SpoolCorruption] = []
-    ids = [r.id for r in records(directory, on_error=problems.append)]
-    assert problems == []
-    return ids
 
 
 def assert_frames_valid(path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from spool_helpers import FakeClock
 
 import sink.spool.writer as writer_module
 from sink.spool import SpoolCorruption, SpoolWriter, records, verify_spool
@@ -19,14 +20,6 @@ from sink.spool.scan import FrameScanner
 from sink.store import StoreError
 
 SEGMENT_NAME = re.compile(r"^seg-\d{20}-w(\d{3})\.(open|seg)$")
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def envelope(n: int) -> dict[str, Any]:
