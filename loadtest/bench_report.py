@@ -103,9 +103,12 @@ def replace_marked_section(
     end = text.find(end_marker)
     block = f"{begin_marker}\n{section.strip()}\n{end_marker}"
     if begin == -1 and end == -1:
-        separator = (
-            "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
-        )
+        if not text or text.endswith("\n\n"):
+            separator = ""
+        elif text.endswith("\n"):
+            separator = "\n"
+        else:
+            separator = "\n\n"
         return f"{text}{separator}{block}\n"
     if begin == -1 or end == -1 or end < begin:
         raise ValueError(

@@ -25,17 +25,28 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def parse_address(text: str) -> Address:
-    """Parse `127.0.0.1:2525`, `[::1]:2525` or `localhost:2525`."""
+def split_host_port(text: str) -> tuple[str, str]:
+    """Split `HOST:PORT` or `[IPv6]:PORT` into host and port text; raise ValueError if neither.
+
+    The error's message names the expected form only; callers add the text and the option.
+    """
     if text.startswith("["):
         host, bracket, rest = text[1:].partition("]")
         if not bracket or not rest.startswith(":"):
-            raise ListenError(f"invalid listen address {text!r}: expected [IPv6]:PORT")
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon or ":" in host:
-            raise ListenError(f"invalid listen address {text!r}: expected HOST:PORT or [IPv6]:PORT")
+            raise ValueError("expected [IPv6]:PORT")
+        return host, rest[1:]
+    host, colon, port_text = text.rpartition(":")
+    if not colon or ":" in host:
+        raise ValueError("expected HOST:PORT or [IPv6]:PORT")
+    return host, port_text
+
+
+def parse_address(text: str) -> Address:
+    """Parse `127.0.0.1:2525`, `[::1]:2525` or `localhost:2525`."""
+    try:
+        host, port_text = split_host_port(text)
+    except ValueError as error:
+        raise ListenError(f"invalid listen address {text!r}: {error}") from None
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ListenError(f"invalid port in listen address {text!r}")
     if host in ("", "localhost"):

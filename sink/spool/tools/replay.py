@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from sink.server.listeners import split_host_port
 from sink.spool.reader import Record, SpoolDataError
 
 from .export import Selection
@@ -72,15 +73,10 @@ class Target:
 
 def parse_target(text: str) -> tuple[str, int]:
     """Split HOST:PORT or [IPv6]:PORT; raise ValueError for anything else."""
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or not rest.startswith(":"):
-            raise ValueError(f"--to: invalid address {text!r}; use HOST:PORT or [IPv6]:PORT")
-        port_text = rest[1:]
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon or ":" in host:
-            raise ValueError(f"--to: invalid address {text!r}; use HOST:PORT or [IPv6]:PORT")
+    try:
+        host, port_text = split_host_port(text)
+    except ValueError:
+        raise ValueError(f"--to: invalid address {text!r}; use HOST:PORT or [IPv6]:PORT") from None
     if not host:
         raise ValueError(f"--to: missing host in {text!r}")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
