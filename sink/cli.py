@@ -158,7 +158,8 @@ def _serve(arguments: dict[str, Any]) -> int:
     except ConfigError as error:
         print(f"sink: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    logs.configure(config.log_level, config.log_format)
+    status_line = config.progress if config.progress is not None else sys.stdout.isatty()
+    logs.configure(config.log_level, config.log_format, status_line=bool(status_line))
     try:
         return Master(config, overrides).run()
     except ListenError as error:

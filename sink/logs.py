@@ -20,12 +20,18 @@ def _escape(text: str) -> str:
     return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
+# Carriage return and "erase line": a log line then replaces the status line that `sink serve`
+# rewrites on the terminal, instead of being appended to it.
+CLEAR_STATUS_LINE = "\r\x1b[K"
+
+
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
+    def __init__(self, clear_status_line: bool = False) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+        self.prefix = CLEAR_STATUS_LINE if clear_status_line else ""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        return _escape(super().formatMessage(record)).replace("\n", "\\n")
+        return self.prefix + _escape(super().formatMessage(record)).replace("\n", "\\n")
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,10 +50,17 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-def configure(level: str = "info", log_format: str = "text") -> None:
-    """Send the `sink` loggers to standard error at `level` in `log_format`."""
+def configure(level: str = "info", log_format: str = "text", status_line: bool = False) -> None:
+    """Send the `sink` loggers to standard error at `level` in `log_format`.
+
+    With `status_line`, text lines first erase the status line when standard error is a
+    terminal too, so the two never run together.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter(clear_status_line=status_line and sys.stderr.isatty()))
     root = logging.getLogger("sink")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -34,3 +34,11 @@ def test_json_is_one_object_per_line() -> None:
     assert entry["message"] == "client a\nb\x1b"
     assert entry["level"] == "info"
     assert entry["logger"] == "sink.worker"
+
+
+def test_text_clears_status_line_when_asked() -> None:
+    record = make_record("worker %d stopped", 1)
+    plain = TextFormatter().format(record)
+    clearing = TextFormatter(clear_status_line=True).format(record)
+    assert not plain.startswith("\r")
+    assert clearing == "\r\x1b[K" + plain
