@@ -1,7 +1,7 @@
 """The reference scenarios and edge cases against a real `sink serve`, with real clients.
 
 Each test starts the sink on a loopback port, talks to it with a real SMTP client, stops it with
-SIGTERM, and compares what the spool holds with what the client sent, byte for byte.
+SIGTERM, and compares what the spool contains with what the client sent, byte for byte.
 """
 
 from __future__ import annotations

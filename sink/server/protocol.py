@@ -3,8 +3,8 @@
 Zero-copy receive: every connection of a worker reads into the worker's one receive buffer
 (`get_buffer` hands out a view of it, and uvloop calls `buffer_updated` before any other
 callback runs). The session consumes what it can and message octets go to the spool as slices of
-that buffer. The few octets it cannot consume yet (an unfinished command line of at most 512
-octets, or at most four octets of a possible end-of-data marker) are kept per connection as
+that buffer. A few octets may not be consumable yet: an unfinished command line of at most 512
+octets, or up to four octets of a possible end-of-data marker. They are kept per connection as
 `carry` and copied to the front of the buffer before the next read.
 
 All replies produced by one read leave in one write. With `fsync = always`, the write waits

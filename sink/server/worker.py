@@ -53,8 +53,8 @@ class GroupCommit:
     """Share one fsync between every connection that committed while the last one ran.
 
     A connection whose read committed a message hands its replies to `hold`; from then on, all
-    its output queues behind them. When an fsync starts, it covers the replies held so far; a
-    connection that commits again meanwhile keeps its newer replies held for the next fsync.
+    its output queues behind them. An fsync covers the replies held when it starts. A connection
+    that commits again meanwhile keeps its newer replies held until the next fsync.
     """
 
     def __init__(self, worker: Worker) -> None:

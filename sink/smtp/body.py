@@ -8,7 +8,7 @@ caller presents those octets again, followed by the next read. Because a trailin
 held back, a CR LF pair never straddles two calls, which keeps the CR and LF counts exact.
 
 DATA ends only at CR LF . CR LF. A bare LF or bare CR never ends the message and never starts a
-line for dot-unstuffing, which closes the door on SMTP smuggling; both are counted instead.
+line for dot-unstuffing, because that is what SMTP smuggling relies on. Both are counted.
 The message is treated as if a CR LF came just before it, so a dot on its first line is
 unstuffed and a first line of "." is the end of an empty message.
 """

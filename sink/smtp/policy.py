@@ -1,7 +1,7 @@
 """What a session accepts: limits, strictness and refused recipients.
 
 A `Policy` is built once per worker from the configuration and shared by every session of that
-worker, so that the per-session state stays small. It also holds the replies that depend on the
+worker, so that the per-session state stays small. It also contains the replies that depend on the
 configuration (greeting, EHLO), encoded once.
 """
 

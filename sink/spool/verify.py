@@ -14,8 +14,9 @@ What counts as wrong (`SegmentReport.problems`, which make `VerifyReport.ok` fal
   Its writer died, and `recover_segments` will cut the torn tail and seal it;
 * a file that recovery set aside as ``.bad``.
 
-An open segment that a live writer holds (checked with a non-blocking shared ``flock`` that is
-released at once) may end in a frame being written; that is reported as a note only. So is an
+An open segment whose writer is alive may end in a frame being written, so that is reported as
+a note only. A writer counts as alive while it holds the segment's ``flock``, which verify
+tests with a non-blocking shared lock that it releases at once. So is an
 open segment whose writer died but which ends cleanly, and any ``.torn`` file, which contains
 bytes recovery already cut off.
 """

@@ -18,8 +18,8 @@ Commit and sync contract
   the process, but not of the machine, until `sync` covers it.
 * `flush` pushes every buffer. The server does not need it for commits; it is there for
   callers that want aborts and partial frames out too. It raises `SpoolFlushError`, with the
-  IDs in `message_ids`, if a write error dropped a C frame that had not yet been pushed;
-  `SpoolTransaction.stored` tells each transaction its own fate.
+  IDs in `message_ids`, if a write error dropped a C frame that had not yet been pushed.
+  `SpoolTransaction.stored` reports whether a transaction's C frame reached the file.
 * `commits_written` counts commits that reached the file. `sync` fsyncs every segment that
   contains commits not yet synced, then raises `commits_synced` to the `commits_written` value
   it saw before the fsync calls. It is safe to run in a thread while the loop thread keeps
@@ -207,9 +207,11 @@ class SpoolWriter:
             raise SpoolFlushError(lost, cause)
 
     def tick(self) -> None:
-        """Retire the open segment when it is too old or too big, push buffers, seal drained
-        segments. The server calls this every second; it never raises StoreError, and losses
-        it causes are raised by the next `flush`."""
+        """Rotate by age or size, push the buffers and seal drained segments.
+
+        The server calls this every second. Write errors here are logged and counted instead of
+        raised, and a commit they drop is reported by the next `flush`.
+        """
         if self._closed:
             return
         segment = self._current

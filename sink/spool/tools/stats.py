@@ -35,7 +35,7 @@ SIZE_BUCKETS: tuple[tuple[str, int | None], ...] = (
 
 
 # Distinct keys one counter keeps. When a counter reaches twice this many, it keeps the most
-# frequent half and drops the rest, so memory stays bounded on a spool of any size; a dropped
+# frequent half and drops the rest, so memory stays bounded on a spool of any size. A dropped
 # key that comes back starts again from zero.
 DISTINCT_LIMIT = 20_000
 
