@@ -1,10 +1,23 @@
-"""Property tests: content and pipelined commands survive any way of cutting them into reads."""
+"""Property tests: content and pipelined commands survive any way of cutting them into reads,
+and the counters agree with any conversation."""
 
 from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import codes, new_session
+
+from sink.smtp.counters import (
+    MESSAGE_SIZE,
+    REPLY_CODES,
+    SIZE_BOUNDS,
+    VERBS,
+    command_counts,
+    reply_counts,
+)
 
 PIECES = [b"\r", b"\n", b".", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"..", b"a", b"Z", b" ", b"\x00",
           b"\xff", b"\xc3\xa9", b"From x\r\n"]  # fmt: skip
@@ -76,3 +89,76 @@ def test_batch_split_at_every_offset() -> None:
 @given(cuts=st.lists(st.integers(1, len(BATCH) - 1), min_size=2, max_size=12))
 def test_batch_split_anywhere(cuts: list[int]) -> None:
     assert _run_batch(cuts) == _run_batch([])
+
+
+# Commands for the counter property test: accepted, refused, out of sequence and unknown. A
+# BDAT command carries its chunk. The two whole transactions make accepted messages common.
+COMMANDS = [
+    b"EHLO c", b"HELO c", b"helo c", b"EHLO", b"MAIL FROM:<a@b>", b"MAIL FROM:<>",
+    b"mail from:<a@b> SIZE=99999999", b"MAIL FROM:bad", b"MAIL FROM:<a@b> BODY=X",
+    b"RCPT TO:<c@d>", b"RCPT TO:<no@d>", b"RCPT TO:<c@d> NOTIFY=NEVER", b"RCPT TO:<>",
+    b"DATA", b"DATA now", b"RSET", b"NOOP", b"VRFY x", b"VRFY", b"HELP", b"QUIT",
+    b"STARTTLS", b"XYZZY", b"", b"BDAT 3\r\nabc", b"BDAT 0 LAST", b"BDAT 2 LAST\r\nxy",
+    b"BDAT x",
+]  # fmt: skip
+STEPS = [[command if b"\r\n" in command else command + b"\r\n"] for command in COMMANDS] + [
+    [b"MAIL FROM:<a@b>\r\n", b"RCPT TO:<c@d>\r\n", b"DATA\r\n"],
+    [b"MAIL FROM:<>\r\n", b"RCPT TO:<c@d>\r\n", b"RCPT TO:<e@d>\r\n", b"BDAT 2 LAST\r\nxy"],
+]
+SHORT_CONTENT = b"Subject: s\r\n\r\nhi\r\n.\r\n"
+LONG_CONTENT = b"x" * 200 + b"\r\n.\r\n"  # over the max_message_size below
+
+
+@settings(max_examples=300)
+@given(
+    steps=st.lists(st.sampled_from(STEPS), max_size=30),
+    contents=st.lists(st.sampled_from([SHORT_CONTENT, LONG_CONTENT]), min_size=90, max_size=90),
+)
+def test_counters_match_conversation(steps: list[list[bytes]], contents: list[bytes]) -> None:
+    """The derived command and reply counts equal the commands sent and the replies received."""
+    driver, _ = new_session(
+        max_message_size=100, max_recipients=2, reject_recipients=["no@d"], max_errors=8
+    )
+    session = driver.session
+    verbs: Counter[str] = Counter()
+    reply_codes: Counter[str] = Counter()
+
+    commands = [command for step in steps for command in step]
+    for command, content in zip(commands, contents, strict=False):
+        if session.closing:
+            break
+        name = command.split(b"\r\n")[0].split(b" ")[0].upper().decode()
+        verbs[name if name in VERBS else "unknown"] += 1
+        replies = driver.send(command)
+        if codes(replies)[-1:] == [354]:
+            replies += driver.send(content)
+        for code in codes(replies):
+            reply_codes[str(code) if str(code) in REPLY_CODES else "other"] += 1
+
+    assert dict(zip(VERBS, command_counts(session.counters), strict=True)) == {
+        verb: verbs[verb] for verb in VERBS
+    }
+    assert dict(zip(REPLY_CODES, reply_counts(session.counters), strict=True)) == {
+        code: reply_codes[code] for code in REPLY_CODES
+    }
+
+
+def test_size_buckets_match_bisection() -> None:
+    """The session's bit-length bucketing puts each size where a bisection of the bounds would."""
+    sizes = [0, 1, 511, 512, 513, 1023, 1024, 1025, 40_000, 2**26 - 1, 2**26, 2**26 + 1]
+    driver, store = new_session(max_message_size=2**27)
+    driver.buffer = bytearray(2**26 + 4096)  # one read per message keeps the test fast
+    driver.view = memoryview(driver.buffer)
+    driver.send(b"EHLO c\r\n")
+
+    for size in sizes:
+        wire = b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT %d LAST\r\n" % size + b"x" * size
+        assert codes(driver.send(wire)) == [250, 250, 250]
+
+    expected = [0] * (len(SIZE_BOUNDS) + 1)
+    for size in sizes:
+        expected[bisect_left(SIZE_BOUNDS, size)] += 1
+    counters = driver.session.counters
+    assert list(counters[MESSAGE_SIZE.base : MESSAGE_SIZE.sum_word]) == expected
+    assert counters[MESSAGE_SIZE.sum_word] == sum(sizes)
+    assert [message.meta["size"] for message in store.messages] == sizes

@@ -36,14 +36,14 @@ from sink.smtp.counters import (
     FSYNC_DURATION,
     MESSAGE_SIZE,
     QUIRK_BASE,
-    REPLY_BASE,
     REPLY_CODES,
     SESSION_DURATION,
-    VERB_BASE,
     VERBS,
     WORDS,
     Field,
     Histogram,
+    command_counts,
+    reply_counts,
 )
 
 if TYPE_CHECKING:
@@ -105,11 +105,18 @@ class SinkCollector:
         )
 
         # Commands and replies
-        yield labelled(
-            "commands", "Commands received, by verb; unknown verbs count as one.", "verb",
-            VERBS, VERB_BASE,
-        )  # fmt: skip
-        yield labelled("replies", "Replies sent, by code.", "code", REPLY_CODES, REPLY_BASE)
+        commands = CounterMetricFamily(
+            PREFIX + "commands",
+            "Commands received, by verb; unknown verbs count as one.",
+            labels=["verb"],
+        )
+        for verb, count in zip(VERBS, command_counts(total), strict=True):
+            commands.add_metric([verb], count)
+        yield commands
+        sent = CounterMetricFamily(PREFIX + "replies", "Replies sent, by code.", labels=["code"])
+        for code, count in zip(REPLY_CODES, reply_counts(total), strict=True):
+            sent.add_metric([code], count)
+        yield sent
 
         # Messages and data
         messages = CounterMetricFamily(

@@ -29,6 +29,8 @@ from sink.smtp.counters import (
     MESSAGE_SIZE,
     QUIRK_INDEX,
     REPLY_INDEX,
+    SIZE_BOUNDS,
+    SIZE_SHIFT,
     VERB_INDEX,
     Field,
     private_counters,
@@ -42,19 +44,20 @@ from sink.store import Store, StoreError, Transaction
 _CR = 0x0D
 _MESSAGES_REFUSED = int(Field.MESSAGES_REFUSED)
 _MESSAGES_ABORTED = int(Field.MESSAGES_ABORTED)
+_MAIL_ACCEPTED = int(Field.MAIL_ACCEPTED)
+_DATA_ACCEPTED = int(Field.DATA_ACCEPTED)
 _RECIPIENTS_ACCEPTED = int(Field.RECIPIENTS_ACCEPTED)
 _RECIPIENTS_REFUSED = int(Field.RECIPIENTS_REFUSED)
 _DATA_BYTES = int(Field.DATA_BYTES)
 _BDAT_BYTES = int(Field.BDAT_BYTES)
 _REPLY_INDEX = REPLY_INDEX
-_REPLY_250 = REPLY_INDEX[250]
-_REPLY_354 = REPLY_INDEX[354]
 _SIZE_BASE = MESSAGE_SIZE.base
-_SIZE_BOUNDS = MESSAGE_SIZE.bounds
+_SIZE_LAST = len(SIZE_BOUNDS)  # the +Inf bucket
 _SIZE_SUM = MESSAGE_SIZE.sum_word
 _DATA_TIME_BASE = DATA_DURATION.base
 _LATENCY_BOUNDS = DATA_DURATION.bounds
 _DATA_TIME_SUM = DATA_DURATION.sum_word
+_perf_counter = time.perf_counter
 _REPLY_WORDS = {
     reply: REPLY_INDEX.get(int(reply[:3]), _OTHER_REPLY)
     for reply in vars(replies).values()
@@ -262,15 +265,16 @@ class Session:
                 self._error(replies.UNRECOGNIZED)
             return
         handler, word = command
-        self.counters[word] += 1
         if verb != name:
             self._quirk(quirks.LOWERCASE_VERB)
 
         sequence = _SEQUENCE.get(name)
         if sequence is not None and self.state not in sequence[0]:
+            self.counters[word] += 1
             self._error(sequence[1])
             return
-        handler(self, argument)
+        if not handler(self, argument):
+            self.counters[word] += 1
 
     def _helo(self, argument: bytes) -> None:
         if not argument:
@@ -293,18 +297,18 @@ class Session:
         self.esmtp = esmtp
         self.state = State.GREETED
 
-    def _mail(self, argument: bytes) -> None:
+    def _mail(self, argument: bytes) -> bool:
         if self.state is State.CONNECTED:
             if self.policy.require_helo:
                 self._error(replies.NEED_HELO)
-                return
+                return False
             self._quirk(quirks.NO_HELO)
 
         try:
             path, parameters, seen = parse_mail_from(argument)
         except PathError as error:
             self._error(replies.error_reply(*error.reply))
-            return
+            return False
         for quirk in seen:
             self._quirk(quirk)
 
@@ -313,25 +317,25 @@ class Session:
             if keyword == "SIZE":
                 if value is None or not value.isdigit():
                     self._error(replies.BAD_SIZE)
-                    return
+                    return False
                 if int(value) > self.policy.max_message_size:
                     self._reply(replies.SIZE_EXCEEDED)
-                    return
+                    return False
             elif keyword == "BODY":
                 if value is None or value.upper() not in ("7BIT", "8BITMIME"):
                     self._error(replies.BAD_BODY)
-                    return
+                    return False
             elif keyword == "SMTPUTF8":
                 if value is not None:
                     self._error(replies.BAD_SMTPUTF8)
-                    return
+                    return False
                 smtputf8 = True
             else:
                 self._error(replies.unsupported_parameter(keyword))
-                return
+                return False
 
         if path.utf8 and not smtputf8 and not self._allow_utf8_without_option():
-            return
+            return False
         if not path.raw:
             self._quirk(quirks.NULL_SENDER)
 
@@ -339,38 +343,38 @@ class Session:
         self.mail_parameters = parameters
         self.smtputf8 = smtputf8
         self.state = State.MAIL
-        self.out.append(replies.SENDER_OK)  # counted here, not by _reply: once per message
-        self.counters[_REPLY_250] += 1
+        self.out.append(replies.SENDER_OK)
+        self.counters[_MAIL_ACCEPTED] += 1  # the command and its reply, in one word
+        return True
 
-    def _rcpt(self, argument: bytes) -> None:
+    def _rcpt(self, argument: bytes) -> bool:
         try:
             path, parameters, seen = parse_rcpt_to(argument)
         except PathError as error:
             self._error(replies.error_reply(*error.reply))
-            return
+            return False
         for quirk in seen:
             self._quirk(quirk)
         for keyword in parameters:
             self._error(replies.unsupported_parameter(keyword))
-            return
+            return False
 
         if path.utf8 and not self.smtputf8 and not self._allow_utf8_without_option():
             self.counters[_RECIPIENTS_REFUSED] += 1
-            return
+            return False
         if len(self.forward_paths) >= self.policy.max_recipients:
             self.counters[_RECIPIENTS_REFUSED] += 1
             self._reply(replies.TOO_MANY_RECIPIENTS)
-            return
+            return False
         if self.policy.rejects(path.mailbox):
             self.counters[_RECIPIENTS_REFUSED] += 1
             self._reply(replies.NO_SUCH_USER)
-            return
+            return False
 
         self.forward_paths.append((path, parameters))
-        counters = self.counters
-        counters[_RECIPIENTS_ACCEPTED] += 1
-        counters[_REPLY_250] += 1
         self.out.append(replies.RECIPIENT_OK)
+        self.counters[_RECIPIENTS_ACCEPTED] += 1  # the command and its reply, in one word
+        return True
 
     def _allow_utf8_without_option(self) -> bool:
         """Accept a non-ASCII address sent without SMTPUTF8, unless line endings are strict."""
@@ -380,25 +384,26 @@ class Session:
         self._quirk(quirks.UTF8_WITHOUT_SMTPUTF8)
         return True
 
-    def _data(self, argument: bytes) -> None:
+    def _data(self, argument: bytes) -> bool:
         if argument:
             self._error(replies.NO_ARGUMENTS)
-            return
+            return False
         if self.chunked:
             self._error(replies.DATA_AFTER_BDAT)
-            return
+            return False
         if not self.forward_paths:
             self._error(replies.NO_VALID_RECIPIENTS)
-            return
+            return False
         if not self._begin():
             self._abort_transaction()
             self._reply(replies.STORE_FAILED)
-            return
+            return False
         self._reader = DotReader(self._write)
-        self._content_started = time.perf_counter()
+        self._content_started = _perf_counter()
         self.state = State.DATA
         self.out.append(replies.START_DATA)
-        self.counters[_REPLY_354] += 1
+        self.counters[_DATA_ACCEPTED] += 1  # the command and its reply, in one word
+        return True
 
     def _bdat(self, argument: bytes) -> None:
         words = argument.split()
@@ -425,7 +430,7 @@ class Session:
         else:
             emit = self._write
             if self._content_started is None:
-                self._content_started = time.perf_counter()
+                self._content_started = _perf_counter()
         self.chunked = True
         self._reader = ChunkReader(emit, size, last)
         self.state = State.BDAT
@@ -554,10 +559,16 @@ class Session:
             message_id = txn.commit(meta)
         except StoreError:
             return replies.STORE_FAILED
-        # MESSAGE_SIZE.observe, written out because it runs for every message.
+        # MESSAGE_SIZE.observe, written out because it runs for every message. The count of
+        # this histogram is also the count of 250 replies to content (see sink.smtp.counters).
         size = meta["size"]
+        bucket = (size - 1).bit_length() - SIZE_SHIFT
+        if bucket < 0:
+            bucket = 0
+        elif bucket > _SIZE_LAST:
+            bucket = _SIZE_LAST
         counters = self.counters
-        counters[_SIZE_BASE + bisect_left(_SIZE_BOUNDS, size)] += 1
+        counters[_SIZE_BASE + bucket] += 1
         counters[_SIZE_SUM] += size
         return replies.queued(message_id)
 
@@ -618,7 +629,7 @@ class Session:
         started = self._content_started
         if started is not None:
             # DATA_DURATION.observe, written out because it runs for every message.
-            elapsed = time.perf_counter() - started
+            elapsed = _perf_counter() - started
             counters[_DATA_TIME_BASE + bisect_left(_LATENCY_BOUNDS, elapsed)] += 1
             counters[_DATA_TIME_SUM] += int(elapsed * 1e6)
             if not accepted:
@@ -628,8 +639,7 @@ class Session:
         self._reset_transaction()
         self.state = self._idle_state()
         if accepted:
-            self.out.append(reply)
-            counters[_REPLY_250] += 1
+            self.out.append(reply)  # counted by _commit in MESSAGE_SIZE
         else:
             self._reply(reply)
 
@@ -679,8 +689,9 @@ def _path_record(path: Path, parameters: dict[str, str | None]) -> dict[str, Any
     return record
 
 
-# Each verb's handler, with the counter word for the verb, found by one lookup per command.
-_HANDLERS: dict[bytes, tuple[Callable[[Session, bytes], None], int]] = {
+# Each verb's handler, with the counter word for the verb, found by one lookup per command. A
+# handler that counted the command itself returns True; see `sink.smtp.counters` for why.
+_HANDLERS: dict[bytes, tuple[Callable[[Session, bytes], bool | None], int]] = {
     verb: (handler, VERB_INDEX[verb])
     for verb, handler in (
         (b"HELO", Session._helo),
