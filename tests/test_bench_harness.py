@@ -474,7 +474,6 @@ def test_summarize_pairs_rounds() -> None:
     assert summary.ratio == pytest.approx(0.98)
     assert summary.current_cpu == pytest.approx(60.0)
     assert summary.cpu_difference == pytest.approx(10.0)
-    assert summary.rounds_over_budget(0.03) == 1
 
 
 def test_summarize_rejects_unpaired_runs() -> None:
@@ -484,20 +483,47 @@ def test_summarize_rejects_unpaired_runs() -> None:
         bench_metrics.summarize([], [])
 
 
-def test_judge_budget_needs_agreeing_rounds() -> None:
-    met = bench_metrics.CostSummary(ratios=(0.985, 0.975, 1.0), current_cpu=1, baseline_cpu=1)
+def test_median_interval_order_statistics() -> None:
+    values = [float(value) for value in range(15, 0, -1)]
+    # For 15 values, P(Binomial(15, 1/2) <= 3) = 0.018 <= 0.025 < P(<= 4) = 0.059, so the 95%
+    # interval runs from the 4th smallest value to the 4th largest.
+    assert bench_metrics.median_interval(values, 0.95) == (4.0, 12.0)
+    # Six values are the fewest with an interval at 95%: 2 / 64 = 0.031 of coverage is lost.
+    assert bench_metrics.median_interval([3.0, 1.0, 2.0, 6.0, 5.0, 4.0], 0.95) == (1.0, 6.0)
+    assert bench_metrics.median_interval([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) is None
+    assert bench_metrics.median_interval([], 0.95) is None
+
+
+def cost_summary(*ratios: float) -> bench_metrics.CostSummary:
+    return bench_metrics.CostSummary(ratios=ratios, current_cpu=1, baseline_cpu=1)
+
+
+def test_judge_budget_by_interval() -> None:
+    met = cost_summary(0.98, 0.99, 0.975, 1.0, 0.985, 0.99, 0.98)
     assert bench_metrics.judge_budget(met, 0.03) == (
-        "met, 0 of 3 rounds over the 3% budget; the median is 1.5% slower with metrics"
+        "met; the median is 1.5% slower with metrics, and its 95% confidence interval, 0.975 "
+        "to 1.000, lies at or above the 0.97 that a 3% drop allows"
     )
-    missed = bench_metrics.CostSummary(ratios=(0.95, 0.9), current_cpu=1, baseline_cpu=1)
-    assert bench_metrics.judge_budget(missed, 0.03).startswith("missed, 2 of 2 rounds over")
-    # A median within the budget does not count as met while some rounds are over it.
-    mixed = bench_metrics.CostSummary(ratios=(1.2, 0.9, 1.1), current_cpu=1, baseline_cpu=1)
+    missed = cost_summary(0.95, 0.9, 0.96, 0.93, 0.95, 0.969)
+    assert bench_metrics.judge_budget(missed, 0.03).startswith("missed; the median is 5.0%")
+    assert "0.900 to 0.969, lies below the 0.97" in bench_metrics.judge_budget(missed, 0.03)
+
+
+def test_judge_budget_inconclusive_or_too_few() -> None:
+    # A median within the budget does not count as met while the interval reaches below it.
+    mixed = cost_summary(1.2, 0.9, 1.1, 0.99, 0.98, 1.0)
     assert bench_metrics.judge_budget(mixed, 0.03) == (
-        "inconclusive, 1 of 3 rounds over the 3% budget; the median is 10.0% faster with metrics"
+        "inconclusive; the median is 0.5% slower with metrics, and its 95% confidence interval, "
+        "0.900 to 1.200, lies on both sides of the 0.97 that a 3% drop allows"
     )
-    edge = bench_metrics.CostSummary(ratios=(0.97,), current_cpu=1, baseline_cpu=1)
-    assert bench_metrics.judge_budget(edge, 0.03).startswith("met, 0 of 1 rounds")
+    few = cost_summary(0.99, 1.0)
+    assert bench_metrics.judge_budget(few, 0.03) == (
+        "not judged, 2 rounds are too few for a 95% confidence interval of the median; the "
+        "median is 0.5% slower with metrics"
+    )
+    assert bench_metrics.judge_budget(cost_summary(0.97), 0.03).startswith(
+        "not judged, 1 round is too few"
+    )
 
 
 def test_estimated_drop_from_extra_cpu() -> None:
@@ -591,9 +617,11 @@ def test_report_section_states_verdict(tmp_path: Path) -> None:
     assert "| current, metrics on | 1,000 |" in text
     assert "| 3bbff3c, no metrics | 1,056 |" in text
     # The ratios are 0.9 and 1.0, so the median is 0.95, a drop of 5%.
-    assert "inconclusive, 1 of 2 rounds over the 3% budget; the median is 5.0% slower" in (
-        " ".join(text.split())
+    expected = (
+        "not judged, 2 rounds are too few for a 95% confidence interval of the median; the "
+        "median is 5.0% slower"
     )
+    assert expected in " ".join(text.split())
     assert "predicts no drop" in text
     assert max(len(line) for line in text.splitlines() if not line.startswith("|")) <= 96
 
@@ -730,5 +758,6 @@ def test_quick_metrics_cost_run() -> None:
     assert re.search(r"\| 3bbff3c, no metrics +\| +[\d,]+ \|", completed.stdout)
     assert "Budget: " in completed.stdout
     assert "| pipelined, 64 KiB reads " in completed.stdout
-    assert "round 1/1 metrics-cost sink 3bbff3c, spool off" in completed.stderr
+    # The phase runs twelve times the rounds of the others: 12 with --quick.
+    assert "round 1/12 metrics-cost sink 3bbff3c, spool off" in completed.stderr
     assert worktree_paths() == worktrees_before
