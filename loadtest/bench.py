@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import os
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -29,13 +32,17 @@ from loadtest.bench_report import format_decimal, format_rate, format_ratio, med
 from loadtest.bench_servers import (
     PROJECT_ROOT,
     SERVER_NAMES,
+    SETTLE_SECONDS,
     BenchError,
     LoadResult,
     RunningServer,
     SinkSource,
     Variant,
+    check_smtp_source,
     find_postfix_tool,
     measure_load,
+    payload_length,
+    smtp_source_command,
 )
 from loadtest.bench_sessions import IdleSessions, check_descriptor_budget, raise_open_file_limit
 
@@ -352,6 +359,31 @@ def run_rounds(
     return results
 
 
+@contextlib.contextmanager
+def running_servers(variants: list[Variant], settings: Settings) -> Iterator[list[RunningServer]]:
+    """Start every variant, wait until each is ready, and stop them all when the block ends."""
+    servers = [RunningServer(variant, spool_parent=settings.spool_parent) for variant in variants]
+    try:
+        for server in servers:
+            server.wait_ready()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+            server.cleanup()
+
+
+def check_accepted(servers: list[RunningServer], sent: int) -> None:
+    """Raise BenchError unless each server with metrics counted `sent` accepted messages."""
+    for server in servers:
+        accepted = server.accepted_messages_metric()
+        if accepted is not None and accepted != sent:
+            raise BenchError(
+                f"{server.variant.label} accepted {sent} messages, but its metrics count "
+                f"{accepted:.0f}"
+            )
+
+
 def run_alternating(
     name: str,
     flags: list[str],
@@ -369,12 +401,10 @@ def run_alternating(
 
     Returns each variant's results in round order, so index i of two lists is the same round.
     """
-    servers = [RunningServer(variant, spool_parent=settings.spool_parent) for variant in variants]
     results: dict[Variant, list[LoadResult]] = {variant: [] for variant in variants}
     warm_up = max(1, messages // 10)
-    try:
+    with running_servers(variants, settings) as servers:
         for server in servers:
-            server.wait_ready()
             measure_load(server, flags, warm_up, settings.run_timeout)
 
         for round_index in range(rounds):
@@ -388,18 +418,92 @@ def run_alternating(
                     f"{format_decimal(result.cpu_microseconds_per_message)} CPU µs/msg"
                 )
 
-        sent = warm_up + rounds * messages
-        for server in servers:
-            accepted = server.accepted_messages_metric()
-            if accepted is not None and accepted != sent:
-                raise BenchError(
-                    f"{server.variant.label} accepted {sent} messages, but its metrics count "
-                    f"{accepted:.0f}"
+        check_accepted(servers, warm_up + rounds * messages)
+    return results
+
+
+def run_concurrent(
+    name: str,
+    flags: list[str],
+    messages: int,
+    variants: list[Variant],
+    settings: Settings,
+    rounds: int,
+) -> dict[Variant, list[LoadResult]]:
+    """Start every variant once, then load all of them at the same time in each round.
+
+    Each server gets its own smtp-source, started together, so whatever else the machine does
+    during a round slows all of them alike. What a round compares is the CPU time per message
+    of each server's process tree, from the nanosecond counters of /proc/PID/task/TID/schedstat.
+    Wall times are not compared: the server that finishes first leaves the others more CPU.
+    A warm-up round of a tenth of `messages` comes first and is not reported. At the end, a
+    server with metrics must have counted every message it was sent as accepted.
+
+    Returns each variant's results in round order, so index i of two lists is the same round.
+    """
+    results: dict[Variant, list[LoadResult]] = {variant: [] for variant in variants}
+    warm_up = max(1, messages // 10)
+    with running_servers(variants, settings) as servers:
+        concurrent_round(servers, flags, warm_up, settings.run_timeout)
+
+        for round_index in range(rounds):
+            loads = concurrent_round(servers, flags, messages, settings.run_timeout)
+            for server, result in loads.items():
+                results[server.variant].append(result)
+                log(
+                    f"round {round_index + 1}/{rounds} {name} {server.variant.label}: "
+                    f"{messages} messages at once with the others, "
+                    f"{format_decimal(result.cpu_microseconds_per_message)} CPU µs/msg"
                 )
+
+        check_accepted(servers, warm_up + rounds * messages)
+    return results
+
+
+def concurrent_round(
+    servers: list[RunningServer], flags: list[str], messages: int, timeout: float
+) -> dict[RunningServer, LoadResult]:
+    """Load every server with its own smtp-source at the same time; return each one's result."""
+    before = {server: bench_proc.tree_run_nanoseconds(server.pid) for server in servers}
+    commands = {server: smtp_source_command(flags, messages, server.port) for server in servers}
+    started = time.perf_counter()
+    processes = {
+        server: subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        for server, command in commands.items()
+    }
+    walls = {}
+    try:
+        for server, process in processes.items():
+            try:
+                output, _ = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise BenchError(
+                    f"smtp-source timed out after {timeout:.0f} s: {' '.join(commands[server])}"
+                ) from None
+            walls[server] = time.perf_counter() - started
+            check_smtp_source(commands[server], process.returncode, output)
     finally:
-        for server in servers:
-            server.stop()
-            server.cleanup()
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    time.sleep(SETTLE_SECONDS)
+    results = {}
+    for server in servers:
+        if server.process.poll() is not None:
+            raise BenchError(
+                f"{server.variant.label} exited during the run. Its stderr:\n{server.stderr_tail()}"
+            )
+        used = bench_proc.tree_run_nanoseconds(server.pid) - before[server]
+        results[server] = LoadResult(
+            messages=messages,
+            payload_bytes=payload_length(flags),
+            wall_seconds=walls[server],
+            server_cpu_seconds=used / 1e9,
+        )
     return results
 
 
@@ -699,9 +803,9 @@ def run_metrics_cost(settings: Settings, commit: str) -> bench_metrics.MetricsCo
         ]
         messages = scaled(bench_metrics.MESSAGES, settings.scale)
         rounds = settings.rounds * bench_metrics.ROUNDS_FACTOR
-        results = run_alternating(
-            METRICS_COST, list(bench_metrics.FLAGS), messages, variants, settings, rounds
-        )
+        flags = list(bench_metrics.FLAGS)
+        results = run_alternating(METRICS_COST, flags, messages, variants, settings, rounds)
+        concurrent = run_concurrent(METRICS_COST, flags, messages, variants, settings, rounds)
         session_messages = scaled(bench_metrics.SESSION_MESSAGES, settings.scale)
         sessions = bench_metrics.time_sessions(
             [current, baseline],
@@ -717,6 +821,7 @@ def run_metrics_cost(settings: Settings, commit: str) -> bench_metrics.MetricsCo
         workers=bench_metrics.WORKERS,
         messages=messages,
         throughput={variant.source: runs for variant, runs in results.items() if variant.source},
+        concurrent={variant.source: runs for variant, runs in concurrent.items() if variant.source},
         sessions=sessions,
         session_messages=session_messages,
     )

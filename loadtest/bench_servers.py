@@ -24,6 +24,9 @@ BACKLOG = 4096
 # Name used in the HELO command and in smtp-source's sender and recipient addresses. Without
 # -M, smtp-source uses the machine's host name, which may need a DNS lookup.
 CLIENT_HOSTNAME = "bench.invalid"
+# Seconds to wait after a load before reading a server's CPU time, so that the work it does
+# right after the last reply (closing sessions, flushing the spool) is counted.
+SETTLE_SECONDS = 0.2
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
@@ -405,13 +408,9 @@ class LoadResult:
         return self.server_cpu_seconds * 1e6 / self.messages
 
 
-def run_smtp_source(flags: list[str], messages: int, port: int, timeout: float) -> float:
-    """Run smtp-source against 127.0.0.1:`port` and return its wall time in seconds.
-
-    smtp-source stops with a non-zero status at the first reply that is not the expected
-    positive code, so status 0 means the server accepted every message.
-    """
-    command = [
+def smtp_source_command(flags: list[str], messages: int, port: int) -> list[str]:
+    """Return the smtp-source command that sends `messages` to 127.0.0.1:`port`."""
+    return [
         find_postfix_tool("smtp-source"),
         *flags,
         "-m",
@@ -420,6 +419,27 @@ def run_smtp_source(flags: list[str], messages: int, port: int, timeout: float) 
         CLIENT_HOSTNAME,
         f"127.0.0.1:{port}",
     ]
+
+
+def check_smtp_source(command: list[str], status: int, output: bytes) -> None:
+    """Raise BenchError unless smtp-source exited with status 0.
+
+    smtp-source stops with a non-zero status at the first reply that is not the expected
+    positive code, so status 0 means the server accepted every message.
+    """
+    if status != 0:
+        raise BenchError(
+            f"smtp-source exited with status {status}, so not every message was accepted: "
+            f"{' '.join(command)}\n{output.decode(errors='replace').strip()}"
+        )
+
+
+def run_smtp_source(flags: list[str], messages: int, port: int, timeout: float) -> float:
+    """Run smtp-source against 127.0.0.1:`port` and return its wall time in seconds.
+
+    Raises BenchError unless every message was accepted (see check_smtp_source).
+    """
+    command = smtp_source_command(flags, messages, port)
     started = time.perf_counter()
     try:
         completed = subprocess.run(
@@ -430,12 +450,7 @@ def run_smtp_source(flags: list[str], messages: int, port: int, timeout: float) 
             f"smtp-source timed out after {timeout:.0f} s: {' '.join(command)}"
         ) from None
     wall = time.perf_counter() - started
-    if completed.returncode != 0:
-        output = (completed.stderr + completed.stdout).decode(errors="replace").strip()
-        raise BenchError(
-            f"smtp-source exited with status {completed.returncode}, so not every message was "
-            f"accepted: {' '.join(command)}\n{output}"
-        )
+    check_smtp_source(command, completed.returncode, completed.stderr + completed.stdout)
     return wall
 
 
@@ -445,12 +460,15 @@ def payload_length(flags: list[str]) -> int:
 
 
 def measure_load(
-    server: RunningServer, flags: list[str], messages: int, timeout: float, settle: float = 0.2
+    server: RunningServer,
+    flags: list[str],
+    messages: int,
+    timeout: float,
+    settle: float = SETTLE_SECONDS,
 ) -> LoadResult:
     """Run one smtp-source load against a ready server and measure the server's CPU time.
 
-    The CPU reading after the run waits `settle` seconds, so that work the server does right
-    after the last reply (closing sessions, flushing the spool) is counted.
+    The CPU reading after the run waits `settle` seconds (see SETTLE_SECONDS).
     """
     before = bench_proc.tree_cpu_ticks(server.pid)
     try:

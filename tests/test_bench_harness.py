@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,19 @@ def test_cpu_ticks_of_own_process_grow() -> None:
     assert bench_proc.tree_cpu_ticks(os.getpid()) > before
 
 
+def test_run_nanoseconds_count_busy_thread() -> None:
+    before = bench_proc.tree_run_nanoseconds(os.getpid())
+    started = time.thread_time_ns()
+    while time.thread_time_ns() - started < 50_000_000:
+        sum(range(1_000))
+    used = bench_proc.tree_run_nanoseconds(os.getpid()) - before
+
+    # This thread ran for at least 50 ms. The kernel may not have added the last few
+    # milliseconds of a running thread yet, hence the lower bound of 40 ms.
+    assert used >= 40_000_000
+    assert bench_proc.read_run_nanoseconds(os.getpid()) >= used
+
+
 def test_process_tree_includes_child() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -202,6 +216,8 @@ def test_process_tree_of_missing_pid_is_empty() -> None:
     child.wait()
     assert bench_proc.process_tree(child.pid) == []
     assert bench_proc.tree_cpu_ticks(child.pid) == 0
+    assert bench_proc.tree_run_nanoseconds(child.pid) == 0
+    assert bench_proc.read_run_nanoseconds(child.pid) == 0
     assert bench_proc.tree_rss_kib(child.pid) == 0
 
 
@@ -609,6 +625,13 @@ def test_report_section_states_verdict(tmp_path: Path) -> None:
         workers=2,
         messages=1000,
         throughput={current: cost_runs(1.0, 1.0), baseline: cost_runs(0.9, 1.0)},
+        # CPU ratios, baseline / current: 0.05 / 0.04, 0.05 / 0.05 and 0.05 / 0.1.
+        concurrent={
+            current: cost_runs(1.0, 1.0, 1.0, cpu=0.04)[:1]
+            + cost_runs(1.0, cpu=0.05)
+            + cost_runs(1.0, cpu=0.1),
+            baseline: cost_runs(1.0, 1.0, 1.0, cpu=0.05),
+        },
         sessions={current: timings, baseline: timings},
         session_messages=20_000,
     )
@@ -622,8 +645,40 @@ def test_report_section_states_verdict(tmp_path: Path) -> None:
         "median is 5.0% slower"
     )
     assert expected in " ".join(text.split())
+    assert "### CPU per message, both sinks loaded at once" in text
+    assert re.search(r"\| current, metrics on +\| +50.0 \| +40.0-100 \|", text)
+    # The CPU ratios are 1.25, 1.0 and 0.5, so the median is 1.0.
+    joined = " ".join(text.split())
+    assert "CPU per message, 3bbff3c / current: 1.000, the median" in joined
+    # Per-round differences are -10, 0 and +50 µs; the median, 0, predicts no drop.
+    assert "The median per-round difference is +0.00 µs per message." in joined
+    assert "an estimated msg/s drop of 0.0%, within the 3% budget" in joined
     assert "predicts no drop" in text
     assert max(len(line) for line in text.splitlines() if not line.startswith("|")) <= 96
+
+
+def test_concurrent_difference_against_alone(tmp_path: Path) -> None:
+    current = SinkSource("current", PROJECT_ROOT, metrics=True)
+    baseline = SinkSource("3bbff3c", tmp_path, metrics=False)
+    result = bench_metrics.MetricsCostResult(
+        current=current,
+        baseline=baseline,
+        baseline_commit="3bbff3c" + "0" * 33,
+        current_description="abc1234",
+        workers=1,
+        messages=1000,
+        throughput={},
+        concurrent={current: cost_runs(1.0, cpu=0.052), baseline: cost_runs(1.0, cpu=0.050)},
+        sessions={},
+        session_messages=0,
+    )
+
+    text = bench_metrics.describe_concurrent_difference(result, 48.0)
+
+    # 2 µs more on 48 µs alone: the rate falls to 48/50 of the baseline, a drop of 4%.
+    assert text.startswith("The median per-round difference is +2.00 µs per message.")
+    assert "the baseline's 48.0 µs when loaded alone" in text
+    assert text.endswith("an estimated msg/s drop of 4.0%, over the 3% budget.")
 
 
 def test_session_timing_reads_cover_transactions() -> None:
@@ -756,8 +811,10 @@ def test_quick_metrics_cost_run() -> None:
     assert "## Metrics cost" in completed.stdout
     assert re.search(r"\| current, metrics on +\| +[\d,]+ \|", completed.stdout)
     assert re.search(r"\| 3bbff3c, no metrics +\| +[\d,]+ \|", completed.stdout)
-    assert "Budget: " in completed.stdout
+    assert "Budget on these rounds: " in completed.stdout
+    assert "### CPU per message, both sinks loaded at once" in completed.stdout
     assert "| pipelined, 64 KiB reads " in completed.stdout
     # The phase runs twelve times the rounds of the others: 12 with --quick.
     assert "round 1/12 metrics-cost sink 3bbff3c, spool off" in completed.stderr
+    assert "messages at once with the others" in completed.stderr
     assert worktree_paths() == worktrees_before
