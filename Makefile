@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LISTEN ?= 127.0.0.1:2525
 SPOOL ?= ./spool
+# Grafana's dashboard types for tests/test_dashboard_schema.py, installed only where npm exists;
+# without them that test skips (and fails under CI=true).
+SCHEMA_CHECK := grafana/schema-check
+SCHEMA_STAMP := $(SCHEMA_CHECK)/node_modules/.installed
+NPM := $(shell command -v npm 2>/dev/null)
 
 .PHONY: run test bench load lint clean
 
@@ -13,10 +18,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench,lint,load]'
 	touch $(STAMP)
 
+$(SCHEMA_STAMP): $(SCHEMA_CHECK)/package.json $(SCHEMA_CHECK)/package-lock.json
+	npm ci --prefix $(SCHEMA_CHECK) --no-audit --no-fund --ignore-scripts --silent
+	touch $(SCHEMA_STAMP)
+
 run: $(STAMP)
 	$(BIN)/sink serve --listen $(LISTEN) --spool $(SPOOL)
 
-test: $(STAMP)
+test: $(STAMP) $(if $(NPM),$(SCHEMA_STAMP))
 	$(BIN)/pytest
 
 bench: $(STAMP)
@@ -30,4 +39,4 @@ lint: $(STAMP)
 	$(BIN)/mypy sink
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(SCHEMA_CHECK)/node_modules
