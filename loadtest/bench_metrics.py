@@ -334,6 +334,19 @@ def describe_rate_change(ratio: float) -> str:
     return f"{abs(change):.1f}% " + ("slower" if change < 0 else "faster")
 
 
+def budget_verdict(summary: CostSummary, max_drop: float) -> str:
+    """Return "met", "missed", "inconclusive" or "not judged" (see judge_budget)."""
+    interval = summary.interval
+    if interval is None:
+        return "not judged"
+    low, high = interval
+    if low >= 1 - max_drop:
+        return "met"
+    if high < 1 - max_drop:
+        return "missed"
+    return "inconclusive"
+
+
 def judge_budget(summary: CostSummary, max_drop: float) -> str:
     """Judge the msg/s ratios against the allowed drop, by the confidence interval of the median.
 
@@ -345,24 +358,27 @@ def judge_budget(summary: CostSummary, max_drop: float) -> str:
     change = describe_rate_change(summary.ratio)
     interval = summary.interval
     rounds = len(summary.ratios)
+    verdict = budget_verdict(summary, max_drop)
     if interval is None:
         return (
-            f"not judged, {rounds} {'round is' if rounds == 1 else 'rounds are'} too few for a "
+            f"{verdict}, {rounds} {'round is' if rounds == 1 else 'rounds are'} too few for a "
             f"{CONFIDENCE:.0%} confidence interval of the median; the median is {change} with "
             "metrics"
         )
     low, high = interval
-    if low >= floor:
-        verdict = "met"
-    elif high < floor:
-        verdict = "missed"
-    else:
-        verdict = "inconclusive"
     return (
         f"{verdict}; the median is {change} with metrics, and its {CONFIDENCE:.0%} confidence "
         f"interval, {low:.3f} to {high:.3f}, lies {_placement(low, high, floor)} the "
         f"{floor:.2f} that a {max_drop:.0%} drop allows"
     )
+
+
+def describe_width(summary: CostSummary) -> str:
+    """Describe the width of the confidence interval, e.g. " (95% interval 0.010 wide)"."""
+    interval = summary.interval
+    if interval is None:
+        return ""
+    return f" ({CONFIDENCE:.0%} interval {interval[1] - interval[0]:.3f} wide)"
 
 
 def _placement(low: float, high: float, floor: float) -> str:
@@ -558,6 +574,14 @@ def report_section(result: MetricsCostResult, header: str) -> str:
         "times are not compared, because the sink that finishes first leaves the other more CPU."
     )
 
+    outcome = (
+        f"Budget of {MAX_DROP:.0%}, judged on the rounds with both sinks loaded at once: "
+        f"{budget_verdict(together, MAX_DROP)}. There the median msg/s ratio that CPU time "
+        f"predicts is {together.ratio:.3f}{describe_width(together)}. Loaded one at a time, "
+        f"the sinks give a median msg/s ratio of {summary.ratio:.3f}"
+        f"{describe_width(summary)}."
+    )
+
     sessions = session_table(result.sessions[current], result.sessions[baseline], baseline.name)
     extra = min(result.sessions[current]["lock-step"]) - min(result.sessions[baseline]["lock-step"])
     estimate = describe_session_estimate(extra, summary.baseline_cpu, baseline.name)
@@ -575,6 +599,7 @@ def report_section(result: MetricsCostResult, header: str) -> str:
         "## Metrics cost",
         header.strip(),
         wrap(compared),
+        wrap(outcome),
         f"### Throughput, `{' '.join(FLAGS)}`, spool off, "
         f"{result.workers} {'worker' if result.workers == 1 else 'workers'}",
         table,

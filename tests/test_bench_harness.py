@@ -646,6 +646,10 @@ def test_report_section_states_verdict(tmp_path: Path) -> None:
     )
     assert expected in " ".join(text.split())
     assert "### CPU per message, both sinks loaded at once" in text
+    assert (
+        "Budget of 3%, judged on the rounds with both sinks loaded at once: not judged."
+        in " ".join(text.split())
+    )
     assert re.search(r"\| current, metrics on +\| +50.0 \| +40.0-100 \|", text)
     # The CPU ratios are 1.25, 1.0 and 0.5, so the median is 1.0.
     joined = " ".join(text.split())
