@@ -373,6 +373,16 @@ def judge_budget(summary: CostSummary, max_drop: float) -> str:
     )
 
 
+def describe_ratios(summary: CostSummary) -> str:
+    """Describe the median ratio with its range, e.g. "0.980, the median of ... (lowest ...)"."""
+    ratios = summary.ratios
+    rounds = len(ratios)
+    return (
+        f"{summary.ratio:.3f}, the median of the per-round ratios (lowest {min(ratios):.3f}, "
+        f"highest {max(ratios):.3f}, {rounds} {'round' if rounds == 1 else 'rounds'})"
+    )
+
+
 def describe_width(summary: CostSummary) -> str:
     """Describe the width of the confidence interval, e.g. " (95% interval 0.010 wide)"."""
     interval = summary.interval
@@ -525,8 +535,6 @@ def report_section(result: MetricsCostResult, header: str) -> str:
     current = result.current
     baseline = result.baseline
     summary = summarize(result.throughput[current], result.throughput[baseline])
-    ratios = summary.ratios
-    rounds = len(ratios)
     compared = (
         f"Compared: the current sink (the checkout at {result.current_description}), which counts "
         f"metrics and serves them on a free port, against commit {baseline.name} "
@@ -542,9 +550,7 @@ def report_section(result: MetricsCostResult, header: str) -> str:
     )
 
     verdict = (
-        f"msg/s, current / {baseline.name}: {summary.ratio:.3f}, the median of the per-round "
-        f"ratios (lowest {min(ratios):.3f}, highest {max(ratios):.3f}, "
-        f"{rounds} {'round' if rounds == 1 else 'rounds'}). "
+        f"msg/s, current / {baseline.name}: {describe_ratios(summary)}. "
         f"Budget on these rounds: {judge_budget(summary, MAX_DROP)}. CPU per message: "
         f"{format_difference(summary.current_cpu, summary.baseline_cpu)} between the medians. "
         f"Both sinks start once and stay up. After a warm-up, each round loads each sink once "
@@ -561,9 +567,8 @@ def report_section(result: MetricsCostResult, header: str) -> str:
         }
     )
     together_verdict = (
-        f"CPU per message, {baseline.name} / current: {together.ratio:.3f}, the median of the "
-        f"per-round ratios (lowest {min(together.ratios):.3f}, highest "
-        f"{max(together.ratios):.3f}). On a load where the sink's CPU is the limit, as here, "
+        f"CPU per message, {baseline.name} / current: {describe_ratios(together)}. "
+        "On a load where the sink's CPU is the limit, as here, "
         "that is the msg/s ratio to expect. "
         f"Budget on these rounds: {judge_budget(together, MAX_DROP)}. "
         f"{describe_concurrent_difference(result, summary.baseline_cpu)} "
