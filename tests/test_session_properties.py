@@ -18,6 +18,7 @@ from sink.smtp.counters import (
     command_counts,
     reply_counts,
 )
+from sink.smtp.policy import MAX_COMMAND_LINE
 
 PIECES = [b"\r", b"\n", b".", b"\r\n", b"\r\n.", b"\r\n.\r\n", b"..", b"a", b"Z", b" ", b"\x00",
           b"\xff", b"\xc3\xa9", b"From x\r\n"]  # fmt: skip
@@ -99,7 +100,7 @@ COMMANDS = [
     b"RCPT TO:<c@d>", b"RCPT TO:<no@d>", b"RCPT TO:<c@d> NOTIFY=NEVER", b"RCPT TO:<>",
     b"DATA", b"DATA now", b"RSET", b"NOOP", b"VRFY x", b"VRFY", b"HELP", b"QUIT",
     b"STARTTLS", b"XYZZY", b"", b"BDAT 3\r\nabc", b"BDAT 0 LAST", b"BDAT 2 LAST\r\nxy",
-    b"BDAT x",
+    b"BDAT x", b"NOOP " + b"x" * 600,
 ]  # fmt: skip
 STEPS = [[command if b"\r\n" in command else command + b"\r\n"] for command in COMMANDS] + [
     [b"MAIL FROM:<a@b>\r\n", b"RCPT TO:<c@d>\r\n", b"DATA\r\n"],
@@ -127,8 +128,10 @@ def test_counters_match_conversation(steps: list[list[bytes]], contents: list[by
     for command, content in zip(commands, contents, strict=False):
         if session.closing:
             break
-        name = command.split(b"\r\n")[0].split(b" ")[0].upper().decode()
-        verbs[name if name in VERBS else "unknown"] += 1
+        line = command.split(b"\r\n")[0]
+        name = line.split(b" ")[0].upper().decode()
+        too_long = len(line) + 2 > MAX_COMMAND_LINE
+        verbs[name if name in VERBS and not too_long else "unknown"] += 1
         replies = driver.send(command)
         if codes(replies)[-1:] == [354]:
             replies += driver.send(content)
@@ -162,3 +165,15 @@ def test_size_buckets_match_bisection() -> None:
     assert list(counters[MESSAGE_SIZE.base : MESSAGE_SIZE.sum_word]) == expected
     assert counters[MESSAGE_SIZE.sum_word] == sum(sizes)
     assert [message.meta["size"] for message in store.messages] == sizes
+
+
+def test_line_longer_than_buffer_counted_once() -> None:
+    driver, _ = new_session()
+    driver.send(b"EHLO c\r\n")
+
+    replies = driver.send(b"NOOP " + b"x" * 100_000 + b"\r\nNOOP\r\n")
+
+    assert codes(replies) == [500, 250]
+    counts = dict(zip(VERBS, command_counts(driver.session.counters), strict=True))
+    assert counts["unknown"] == 1
+    assert counts["NOOP"] == 1

@@ -187,6 +187,7 @@ class Session:
                     return end
                 pos = newline + 1
                 self.state = self._idle_state()
+                self.counters[_UNKNOWN_VERB] += 1  # a command whose verb was never read
                 self._error(replies.LINE_TOO_LONG)
             else:
                 newline = buf.find(b"\n", pos, end)
@@ -234,6 +235,7 @@ class Session:
 
     def _command(self, line: bytes, length: int) -> None:
         if length > MAX_COMMAND_LINE:
+            self.counters[_UNKNOWN_VERB] += 1  # too long to trust its verb
             self._quirk(quirks.LONG_LINE)
             self._error(replies.LINE_TOO_LONG)
             return
