@@ -262,6 +262,7 @@ class Settings:
     run_timeout: float
     spool_parent: str | None
     output: Path | None
+    quick: bool = False
 
 
 def resolve_settings(args: argparse.Namespace) -> Settings:
@@ -283,6 +284,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         run_timeout=args.run_timeout,
         spool_parent=args.spool_parent,
         output=output,
+        quick=args.quick,
     )
 
 
@@ -737,12 +739,21 @@ benchmark checks that it counted every message as accepted. smtp-source and the 
 the machine's cores."""
 
 
-def header_sections(argv: list[str], started: datetime.datetime) -> list[str]:
+QUICK_NOTE = (
+    "A smoke run (--quick): too few messages and rounds to compare or judge anything. The "
+    "numbers only show that each phase works.\n"
+)
+
+
+def header_sections(argv: list[str], started: datetime.datetime, quick: bool = False) -> list[str]:
     """Return the paragraphs that open a results section: when, by which command, where."""
-    return [
+    sections = [
         f"Measured on {started:%Y-%m-%d %H:%M} UTC by\n\n    {command_line(argv)}\n",
         f"Machine: {bench_report.machine_description()}.\n",
     ]
+    if quick:
+        sections.append(QUICK_NOTE)
+    return sections
 
 
 def report_text(
@@ -754,7 +765,7 @@ def report_text(
     scaling: dict[Variant, list[LoadResult]],
 ) -> str:
     sections = [
-        *header_sections(argv, started),
+        *header_sections(argv, started, settings.quick),
         f"Settings: {settings_text(settings)}.\n",
     ]
     if throughput:
@@ -835,7 +846,7 @@ def metrics_cost_text(
 ) -> str:
     header = "\n".join(
         [
-            *header_sections(argv, started),
+            *header_sections(argv, started, settings.quick),
             f"Settings: {plural(len(result.throughput[result.current]), 'round')}; sink workers "
             f"{result.workers}; {result.messages} messages per run; session timing "
             f"{result.session_messages} messages per run.\n",

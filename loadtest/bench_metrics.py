@@ -460,7 +460,12 @@ def describe_concurrent_difference(result: MetricsCostResult, alone_cpu: float) 
             for run, base in zip(current, baseline, strict=True)
         ]
     )
-    drop = estimated_drop(extra, alone_cpu) if extra > 0 else 0.0
+    if extra <= 0:
+        return (
+            f"The median per-round difference is {extra:+.2f} µs per message: the sink with "
+            "metrics used no more CPU, which predicts no drop in msg/s."
+        )
+    drop = estimated_drop(extra, alone_cpu)
     return (
         f"The median per-round difference is {extra:+.2f} µs per message. Against the "
         f"baseline's {format_decimal(alone_cpu)} µs when loaded alone (the sequential rounds "

@@ -655,8 +655,10 @@ def test_report_section_states_verdict(tmp_path: Path) -> None:
     joined = " ".join(text.split())
     assert "CPU per message, 3bbff3c / current: 1.000, the median" in joined
     # Per-round differences are -10, 0 and +50 µs; the median, 0, predicts no drop.
-    assert "The median per-round difference is +0.00 µs per message." in joined
-    assert "an estimated msg/s drop of 0.0%, within the 3% budget" in joined
+    assert (
+        "The median per-round difference is +0.00 µs per message: the sink with metrics used "
+        "no more CPU, which predicts no drop in msg/s."
+    ) in joined
     assert "predicts no drop" in text
     assert max(len(line) for line in text.splitlines() if not line.startswith("|")) <= 96
 
@@ -816,6 +818,7 @@ def test_quick_metrics_cost_run() -> None:
     assert re.search(r"\| current, metrics on +\| +[\d,]+ \|", completed.stdout)
     assert re.search(r"\| 3bbff3c, no metrics +\| +[\d,]+ \|", completed.stdout)
     assert "Budget on these rounds: " in completed.stdout
+    assert "A smoke run (--quick): too few messages and rounds" in completed.stdout
     assert "### CPU per message, both sinks loaded at once" in completed.stdout
     assert "| pipelined, 64 KiB reads " in completed.stdout
     # The phase runs twelve times the rounds of the others: 12 with --quick.
