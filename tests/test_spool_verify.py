@@ -49,7 +49,7 @@ def test_clean_spool_is_ok(tmp_path: Path) -> None:
     assert first.corruption_offset is None
     assert not first.missing_seal
     lines = report.lines()
-    assert lines[0] == f"spool {tmp_path}"
+    assert lines[0] == f"spool directory: {tmp_path}"
     assert lines[1].startswith(paths[0].name)
     assert lines[1].endswith("ok")
     assert "records=3" in lines[1]
@@ -84,7 +84,7 @@ def test_corrupt_sealed_segment(tmp_path: Path) -> None:
     assert bad.corruption is not None
     assert "checksum mismatch" in bad.corruption
     assert any(f"offset {offset}" in line for line in report.lines())
-    assert report.lines()[-1] == "2 segments, 4 records: 1 problems"
+    assert report.lines()[-1] == "2 segments, 4 records: 1 problem"
 
 
 def test_missing_seal(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         """Human-readable report: one line per segment, its problems and notes, a summary."""
-        out = [f"spool {self.directory}"]
+        out = [f"spool directory: {self.directory}"]
         for segment in self.segments:
             out.append(segment.summary())
             out += [f"  problem: {problem}" for problem in segment.problems]
@@ -109,10 +109,15 @@ class VerifyReport:
             out.append(f"{len(self.torn_files)} torn tails saved by recovery (*{TORN_SUFFIX})")
         problems = len(self.problems)
         out.append(
-            f"{len(self.segments)} segments, {self.records} records: "
-            + ("ok" if problems == 0 else f"{problems} problems")
+            f"{_count(len(self.segments), 'segment')}, {_count(self.records, 'record')}: "
+            + ("ok" if problems == 0 else _count(problems, "problem"))
         )
         return out
+
+
+def _count(number: int, noun: str) -> str:
+    """Return e.g. "1 record" or "2 records"."""
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def verify_spool(directory: str | os.PathLike[str]) -> VerifyReport:
