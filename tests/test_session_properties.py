@@ -6,16 +6,23 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import codes, new_session
 
+from sink.smtp import session as session_module
 from sink.smtp.counters import (
-    MESSAGE_SIZE,
+    DATA_DURATION,
     REPLY_CODES,
     SIZE_BOUNDS,
     VERBS,
+    accepted_messages,
+    accepted_octets,
     command_counts,
+    data_duration_buckets,
+    message_size_buckets,
+    received_octets,
     reply_counts,
 )
 from sink.smtp.policy import MAX_COMMAND_LINE
@@ -117,12 +124,13 @@ LONG_CONTENT = b"x" * 200 + b"\r\n.\r\n"  # over the max_message_size below
 )
 def test_counters_match_conversation(steps: list[list[bytes]], contents: list[bytes]) -> None:
     """The derived command and reply counts equal the commands sent and the replies received."""
-    driver, _ = new_session(
+    driver, store = new_session(
         max_message_size=100, max_recipients=2, reject_recipients=["no@d"], max_errors=8
     )
     session = driver.session
     verbs: Counter[str] = Counter()
     reply_codes: Counter[str] = Counter()
+    data_octets = bdat_octets = 0
 
     commands = [command for step in steps for command in step]
     for command, content in zip(commands, contents, strict=False):
@@ -133,8 +141,11 @@ def test_counters_match_conversation(steps: list[list[bytes]], contents: list[by
         too_long = len(line) + 2 > MAX_COMMAND_LINE
         verbs[name if name in VERBS and not too_long else "unknown"] += 1
         replies = driver.send(command)
+        if name == "BDAT" and not too_long and line[5:].split()[0].isdigit():
+            bdat_octets += int(line[5:].split()[0])  # a chunk is read even when refused
         if codes(replies)[-1:] == [354]:
             replies += driver.send(content)
+            data_octets += len(content) - len(b".\r\n")
         for code in codes(replies):
             reply_codes[str(code) if str(code) in REPLY_CODES else "other"] += 1
 
@@ -144,6 +155,10 @@ def test_counters_match_conversation(steps: list[list[bytes]], contents: list[by
     assert dict(zip(REPLY_CODES, reply_counts(session.counters), strict=True)) == {
         code: reply_codes[code] for code in REPLY_CODES
     }
+    assert received_octets(session.counters) == (data_octets, bdat_octets)
+    assert accepted_messages(session.counters) == len(store.messages)
+    assert accepted_octets(session.counters) == sum(len(m.content) for m in store.messages)
+    assert sum(message_size_buckets(session.counters)) == len(store.messages)
 
 
 def test_size_buckets_match_bisection() -> None:
@@ -162,8 +177,9 @@ def test_size_buckets_match_bisection() -> None:
     for size in sizes:
         expected[bisect_left(SIZE_BOUNDS, size)] += 1
     counters = driver.session.counters
-    assert list(counters[MESSAGE_SIZE.base : MESSAGE_SIZE.sum_word]) == expected
-    assert counters[MESSAGE_SIZE.sum_word] == sum(sizes)
+    assert message_size_buckets(counters) == expected
+    assert accepted_octets(counters) == sum(sizes)
+    assert received_octets(counters) == (0, sum(sizes))
     assert [message.meta["size"] for message in store.messages] == sizes
 
 
@@ -177,3 +193,28 @@ def test_line_longer_than_buffer_counted_once() -> None:
     counts = dict(zip(VERBS, command_counts(driver.session.counters), strict=True))
     assert counts["unknown"] == 1
     assert counts["NOOP"] == 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "bucket"),
+    [(0.00005, 0), (0.0001, 0), (0.0002, 1), (0.0004, 2), (0.0009, 3), (0.002, 4), (7.0, 15),
+     (99.0, 18)],
+)  # fmt: skip
+def test_data_time_bucket_matches_bisection(
+    seconds: float, bucket: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An accepted message's DATA time lands where a bisection of the bounds puts it."""
+    now = [0.0]  # starting at zero keeps the elapsed time exactly `seconds`
+    monkeypatch.setattr(session_module, "_perf_counter", lambda: now[0])
+    driver, _ = new_session()
+    driver.send(b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n")
+
+    now[0] += seconds
+    assert codes(driver.send(b"hi\r\n.\r\n")) == [250]
+
+    counters = driver.session.counters
+    expected = [0] * (len(DATA_DURATION.bounds) + 1)
+    expected[bisect_left(DATA_DURATION.bounds, seconds)] = 1
+    assert bisect_left(DATA_DURATION.bounds, seconds) == bucket
+    assert data_duration_buckets(counters) == expected
+    assert counters[DATA_DURATION.sum_word] == int(seconds * 1e6)

@@ -34,15 +34,20 @@ from sink.smtp.counters import (
     ENDED_BASE,
     ENDED_HOW,
     FSYNC_DURATION,
-    MESSAGE_SIZE,
     QUIRK_BASE,
     REPLY_CODES,
     SESSION_DURATION,
+    SIZE_BOUNDS,
     VERBS,
     WORDS,
     Field,
     Histogram,
+    accepted_messages,
+    accepted_octets,
     command_counts,
+    data_duration_buckets,
+    message_size_buckets,
+    received_octets,
     reply_counts,
 )
 
@@ -125,7 +130,7 @@ class SinkCollector:
             "5xx final reply) or aborted (no final reply).",
             labels=["outcome"],
         )
-        messages.add_metric(["accepted"], MESSAGE_SIZE.count(total))
+        messages.add_metric(["accepted"], accepted_messages(total))
         messages.add_metric(["refused"], total[Field.MESSAGES_REFUSED])
         messages.add_metric(["aborted"], total[Field.MESSAGES_ABORTED])
         yield messages
@@ -140,15 +145,23 @@ class SinkCollector:
             "Content octets received, by command; DATA counts them after dot-unstuffing.",
             labels=["command"],
         )
-        received.add_metric(["DATA"], total[Field.DATA_BYTES])
-        received.add_metric(["BDAT"], total[Field.BDAT_BYTES])
+        data_octets, bdat_octets = received_octets(total)
+        received.add_metric(["DATA"], data_octets)
+        received.add_metric(["BDAT"], bdat_octets)
         yield received
-        yield _histogram("message_size_bytes", "Size of accepted messages.", MESSAGE_SIZE, total)
-        yield _histogram(
+        yield _histogram_of(
+            "message_size_bytes",
+            "Size of accepted messages.",
+            SIZE_BOUNDS,
+            message_size_buckets(total),
+            accepted_octets(total),
+        )
+        yield _histogram_of(
             "data_duration_seconds",
             "Time from DATA, or the first BDAT, to the final reply.",
-            DATA_DURATION,
-            total,
+            DATA_DURATION.bounds,
+            data_duration_buckets(total),
+            DATA_DURATION.total(total),
         )
 
         # Spool
@@ -200,7 +213,7 @@ class SinkCollector:
         )
         for index, words in enumerate(slots):
             connections.add_metric([str(index)], words[Field.SESSIONS])
-            messages_by_worker.add_metric([str(index)], MESSAGE_SIZE.count(words))
+            messages_by_worker.add_metric([str(index)], accepted_messages(words))
         yield connections
         yield messages_by_worker
         yield from _process_metrics(master)
@@ -215,15 +228,25 @@ class SinkCollector:
 def _histogram(
     name: str, documentation: str, histogram: Histogram, total: list[int]
 ) -> HistogramMetricFamily:
+    """Return the histogram whose words in the slot layout are `histogram`'s."""
+    counts = total[histogram.base : histogram.sum_word]
+    return _histogram_of(name, documentation, histogram.bounds, counts, histogram.total(total))
+
+
+def _histogram_of(
+    name: str,
+    documentation: str,
+    bounds: tuple[float, ...],
+    counts: list[int],
+    sum_value: float,
+) -> HistogramMetricFamily:
+    """Return a histogram from its counts per bucket (not cumulative, +Inf last)."""
     buckets = []
     cumulative = 0
-    words = total[histogram.base : histogram.base + len(histogram.bounds) + 1]
-    for bound, count in zip((*histogram.bounds, float("inf")), words, strict=True):
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
         cumulative += count
         buckets.append(("+Inf" if bound == float("inf") else _bound_text(bound), cumulative))
-    return HistogramMetricFamily(
-        PREFIX + name, documentation, buckets=buckets, sum_value=histogram.total(total)
-    )
+    return HistogramMetricFamily(PREFIX + name, documentation, buckets=buckets, sum_value=sum_value)
 
 
 def _bound_text(bound: float) -> str:

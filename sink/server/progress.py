@@ -6,7 +6,7 @@ import time
 from typing import TextIO
 
 from sink.server.slots import Slots
-from sink.smtp.counters import MESSAGE_SIZE, Field
+from sink.smtp.counters import Field, accepted_messages, accepted_octets
 
 
 class Progress:
@@ -38,8 +38,8 @@ class Progress:
         messages, octets = 0, 0.0
         for index in range(self.slots.count):
             words = self.slots.slot(index)
-            messages += MESSAGE_SIZE.count(words)
-            octets += MESSAGE_SIZE.total(words)
+            messages += accepted_messages(words)
+            octets += accepted_octets(words)
         return messages, octets
 
     def finish(self) -> None:

@@ -25,12 +25,13 @@ from typing import Any
 from sink.smtp import quirks, replies
 from sink.smtp.body import ChunkReader, DotReader, _discard
 from sink.smtp.counters import (
+    ACCEPTED_BASE,
     DATA_DURATION,
-    MESSAGE_SIZE,
     QUIRK_INDEX,
     REPLY_INDEX,
     SIZE_BOUNDS,
     SIZE_SHIFT,
+    TIME_BUCKETS,
     VERB_INDEX,
     Field,
     private_counters,
@@ -50,13 +51,17 @@ _RECIPIENTS_ACCEPTED = int(Field.RECIPIENTS_ACCEPTED)
 _RECIPIENTS_REFUSED = int(Field.RECIPIENTS_REFUSED)
 _DATA_BYTES = int(Field.DATA_BYTES)
 _BDAT_BYTES = int(Field.BDAT_BYTES)
+_ACCEPTED_DATA_OCTETS = int(Field.ACCEPTED_DATA_OCTETS)
+_ACCEPTED_BDAT_OCTETS = int(Field.ACCEPTED_BDAT_OCTETS)
 _REPLY_INDEX = REPLY_INDEX
-_SIZE_BASE = MESSAGE_SIZE.base
 _SIZE_LAST = len(SIZE_BOUNDS)  # the +Inf bucket
-_SIZE_SUM = MESSAGE_SIZE.sum_word
+_ROW_BASES = tuple(ACCEPTED_BASE + row * TIME_BUCKETS for row in range(_SIZE_LAST + 1))
 _DATA_TIME_BASE = DATA_DURATION.base
 _LATENCY_BOUNDS = DATA_DURATION.bounds
+# Most DATA times fall below the fourth bound, where four comparisons beat a bisection.
+_LATENCY_0, _LATENCY_1, _LATENCY_2, _LATENCY_3 = _LATENCY_BOUNDS[:4]
 _DATA_TIME_SUM = DATA_DURATION.sum_word
+_DIGIT_2 = ord("2")  # the first octet of a 2xx reply
 _perf_counter = time.perf_counter
 _REPLY_WORDS = {
     reply: REPLY_INDEX.get(int(reply[:3]), _OTHER_REPLY)
@@ -473,7 +478,6 @@ class Session:
         return pos
 
     def _finish_data(self, reader: DotReader) -> None:
-        self.counters[_DATA_BYTES] += reader.size
         if reader.bare_lf:
             self._quirk(quirks.BARE_LF)
         if reader.bare_cr:
@@ -490,6 +494,8 @@ class Session:
                 "bare_cr": reader.bare_cr,
             }
             reply = self._commit(meta)
+        if reply[0] != _DIGIT_2:  # accepted octets are counted by _commit
+            self.counters[_DATA_BYTES] += reader.size
         self._end_transaction(reply)
 
     def _receive_chunk(self, view: memoryview, pos: int, end: int) -> int:
@@ -561,17 +567,32 @@ class Session:
             message_id = txn.commit(meta)
         except StoreError:
             return replies.STORE_FAILED
-        # MESSAGE_SIZE.observe, written out because it runs for every message. The count of
-        # this histogram is also the count of 250 replies to content (see sink.smtp.counters).
+        # The accepted message counts once (see sink.smtp.counters): a cell of the
+        # accepted-message table for its size and DATA time, its octets and its time. The
+        # buckets are computed inline because this runs for every message.
         size = meta["size"]
-        bucket = (size - 1).bit_length() - SIZE_SHIFT
-        if bucket < 0:
-            bucket = 0
-        elif bucket > _SIZE_LAST:
-            bucket = _SIZE_LAST
+        row = (size - 1).bit_length() - SIZE_SHIFT
+        if row < 0:
+            row = 0
+        elif row > _SIZE_LAST:
+            row = _SIZE_LAST
+        started = self._content_started
+        elapsed = _perf_counter() - started if started is not None else 0.0
+        if elapsed <= _LATENCY_0:
+            column = 0
+        elif elapsed <= _LATENCY_1:
+            column = 1
+        elif elapsed <= _LATENCY_2:
+            column = 2
+        elif elapsed <= _LATENCY_3:
+            column = 3
+        else:
+            column = bisect_left(_LATENCY_BOUNDS, elapsed)
         counters = self.counters
-        counters[_SIZE_BASE + bucket] += 1
-        counters[_SIZE_SUM] += size
+        counters[_ROW_BASES[row] + column] += 1
+        counters[_ACCEPTED_BDAT_OCTETS if self.chunked else _ACCEPTED_DATA_OCTETS] += size
+        counters[_DATA_TIME_SUM] += int(elapsed * 1e6)
+        self._content_started = None  # so that _end_transaction does not count it again
         return replies.queued(message_id)
 
     def _envelope(self) -> dict[str, Any]:
@@ -626,22 +647,20 @@ class Session:
 
     def _end_transaction(self, reply: bytes) -> None:
         """Finish the transaction with its final reply: 250 queued, or a refusal."""
-        accepted = reply.startswith(b"250")
-        counters = self.counters
         started = self._content_started
         if started is not None:
-            # DATA_DURATION.observe, written out because it runs for every message.
+            # A refused message with content (_commit has counted an accepted one).
             elapsed = _perf_counter() - started
+            counters = self.counters
             counters[_DATA_TIME_BASE + bisect_left(_LATENCY_BOUNDS, elapsed)] += 1
             counters[_DATA_TIME_SUM] += int(elapsed * 1e6)
-            if not accepted:
-                counters[_MESSAGES_REFUSED] += 1
+            counters[_MESSAGES_REFUSED] += 1
         if self._txn is not None:
             self._txn.abort()
         self._reset_transaction()
         self.state = self._idle_state()
-        if accepted:
-            self.out.append(reply)  # counted by _commit in MESSAGE_SIZE
+        if reply[0] == _DIGIT_2:
+            self.out.append(reply)  # 250 queued, counted by _commit
         else:
             self._reply(reply)
 
