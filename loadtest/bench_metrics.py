@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,16 +290,9 @@ def median_interval(values: Sequence[float], confidence: float) -> tuple[float, 
 
 
 def summarize(current: list[LoadResult], baseline: list[LoadResult]) -> CostSummary:
-    """Pair the runs of each round, so index i of both lists must be the same round."""
-    if len(current) != len(baseline) or not current:
-        raise ValueError(f"{len(current)} current runs but {len(baseline)} baseline runs")
-    return CostSummary(
-        ratios=tuple(
-            run.messages_per_second / base.messages_per_second
-            for run, base in zip(current, baseline, strict=True)
-        ),
-        current_cpu=median([run.cpu_microseconds_per_message for run in current]),
-        baseline_cpu=median([run.cpu_microseconds_per_message for run in baseline]),
+    """Pair the runs of each round by msg/s, so index i of both lists must be the same round."""
+    return _paired(
+        current, baseline, lambda run, base: run.messages_per_second / base.messages_per_second
     )
 
 
@@ -309,13 +302,22 @@ def summarize_cpu(current: list[LoadResult], baseline: list[LoadResult]) -> Cost
     The ratio of a round is the baseline's CPU per message over the current sink's: the msg/s
     ratio to expect when the sink's CPU time is what limits the rate.
     """
+    return _paired(
+        current,
+        baseline,
+        lambda run, base: base.cpu_microseconds_per_message / run.cpu_microseconds_per_message,
+    )
+
+
+def _paired(
+    current: list[LoadResult],
+    baseline: list[LoadResult],
+    ratio: Callable[[LoadResult, LoadResult], float],
+) -> CostSummary:
     if len(current) != len(baseline) or not current:
         raise ValueError(f"{len(current)} current runs but {len(baseline)} baseline runs")
     return CostSummary(
-        ratios=tuple(
-            base.cpu_microseconds_per_message / run.cpu_microseconds_per_message
-            for run, base in zip(current, baseline, strict=True)
-        ),
+        ratios=tuple(ratio(run, base) for run, base in zip(current, baseline, strict=True)),
         current_cpu=median([run.cpu_microseconds_per_message for run in current]),
         baseline_cpu=median([run.cpu_microseconds_per_message for run in baseline]),
     )
