@@ -482,7 +482,8 @@ def concurrent_round(
                 output, _ = process.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
                 raise BenchError(
-                    f"smtp-source timed out after {timeout:.0f} s: {' '.join(commands[server])}"
+                    f"smtp-source timed out after {timeout:.0f} s, so raise --run-timeout on a "
+                    f"slower machine: {' '.join(commands[server])}"
                 ) from None
             walls[server] = time.perf_counter() - started
             check_smtp_source(commands[server], process.returncode, output)

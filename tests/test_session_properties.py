@@ -123,7 +123,7 @@ LONG_CONTENT = b"x" * 200 + b"\r\n.\r\n"  # over the max_message_size below
     contents=st.lists(st.sampled_from([SHORT_CONTENT, LONG_CONTENT]), min_size=90, max_size=90),
 )
 def test_counters_match_conversation(steps: list[list[bytes]], contents: list[bytes]) -> None:
-    """The derived command and reply counts equal the commands sent and the replies received."""
+    """The derived counts equal the commands sent, the replies received and the octets stored."""
     driver, store = new_session(
         max_message_size=100, max_recipients=2, reject_recipients=["no@d"], max_errors=8
     )

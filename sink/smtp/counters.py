@@ -115,10 +115,6 @@ class Histogram:
         counters[self.base + bisect_left(self.bounds, value)] += 1
         counters[self.sum_word] += int(value * self.scale)
 
-    def count(self, words: memoryview | list[int]) -> int:
-        """Return the number of observations the histogram contains in `words`."""
-        return sum(words[self.base : self.sum_word])
-
     def total(self, words: memoryview | list[int]) -> float:
         """Return the sum of the observed values, in the unit of the bounds."""
         return words[self.sum_word] / self.scale
